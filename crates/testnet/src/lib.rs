@@ -1,0 +1,605 @@
+//! A real, throwaway local OpenZiti network for tests.
+//!
+//! [`TestNet::start`] brings up `ziti edge quickstart --no-router` (controller, admin/admin) in a
+//! temporary home on free loopback ports, then one edge router as its own process (so tests can
+//! kill and restart it), the `#public` edge-router policy and the all-services service-edge-router
+//! policy. The `ziti edge` CLI runs with its own `ZITI_CONFIG_DIR`, so parallel networks never
+//! share login state. Every process started here dies with the test process, panics included.
+//!
+//! ```no_run
+//! let net = testnet::TestNet::shared();
+//! let jwt = net.create_identity("alice", &["clients"]).unwrap();
+//! # let _ = jwt;
+//! ```
+//!
+//! When the `ziti` binary cannot be obtained every constructor fails with
+//! [`TestNetError::ZitiUnavailable`], whose message says how to get it: tests never skip silently.
+
+pub mod process;
+pub mod ziti_bin;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub use process::ChildGuard;
+pub use ziti_bin::ZITI_VERSION;
+
+/// What can go wrong while running the test network.
+#[derive(Debug, thiserror::Error)]
+pub enum TestNetError {
+    /// The `ziti` binary is missing and could not be built.
+    #[error("OpenZiti `ziti` binary unavailable: {0}")]
+    ZitiUnavailable(String),
+    /// A `ziti` CLI command failed.
+    #[error("ziti CLI: {0}")]
+    Cli(String),
+    /// A process did not become ready in time.
+    #[error("timeout: {0}")]
+    Timeout(String),
+    /// A process exited unexpectedly.
+    #[error("process: {0}")]
+    Process(String),
+    /// Local I/O failed.
+    #[error("io: {0}")]
+    Io(String),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = TestNetError> = std::result::Result<T, E>;
+
+/// Quickstart instance id: fixed, so a second quickstart run finds the first one's home.
+const QS_INSTANCE: &str = "zt";
+
+/// Settings of a network that differ from the quickstart defaults.
+#[derive(Debug, Clone, Default)]
+pub struct TestNetOptions {
+    /// `edge.oidc.accessTokenDuration` (e.g. `"1m"`, the controller's minimum): short-lived OIDC
+    /// access tokens, for tests of token refresh on open channels.
+    pub access_token_duration: Option<String>,
+}
+
+/// Edge-router details of the network.
+#[derive(Debug, Clone)]
+pub struct RouterInfo {
+    /// Router name on the controller.
+    pub name: String,
+    /// Edge listener port on 127.0.0.1.
+    pub port: u16,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+/// A running controller + edge router.
+#[derive(Debug)]
+pub struct TestNet {
+    ziti: PathBuf,
+    home: tempfile::TempDir,
+    ctrl_port: u16,
+    cli_dir: PathBuf,
+    router: RouterInfo,
+    controller: Mutex<ChildGuard>,
+    router_proc: Mutex<Option<ChildGuard>>,
+    spawned: Mutex<Vec<ChildGuard>>,
+}
+
+static UNIQUE: AtomicU32 = AtomicU32::new(0);
+
+/// A name that is unique in this process: `<base>-<pid>-<n>`.
+pub fn unique_name(base: &str) -> String {
+    format!(
+        "{base}-{}-{}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl TestNet {
+    /// One network per test binary, started on first use and torn down when the process exits.
+    ///
+    /// Panics (with the reason and how to fix it) when the network cannot be started: this is
+    /// test infrastructure, and a loud failure is what a test wants.
+    #[allow(clippy::panic)]
+    pub fn shared() -> &'static TestNet {
+        static SHARED: OnceLock<std::result::Result<TestNet, String>> = OnceLock::new();
+        match SHARED.get_or_init(|| TestNet::start().map_err(|e| e.to_string())) {
+            Ok(net) => net,
+            Err(e) => panic!("cannot start the OpenZiti test network: {e}"),
+        }
+    }
+
+    /// Starts a new network (controller + one router) with default settings. Blocking; takes
+    /// some seconds.
+    pub fn start() -> Result<TestNet> {
+        Self::start_with(&TestNetOptions::default())
+    }
+
+    /// Starts a new network with `options`.
+    pub fn start_with(options: &TestNetOptions) -> Result<TestNet> {
+        let ziti = ziti_bin::obtain()?;
+        remove_stale_homes();
+        let home = tempfile::Builder::new()
+            .prefix(&format!("zt-testnet-{}-", std::process::id()))
+            .tempdir()
+            .map_err(|e| TestNetError::Io(format!("temp dir: {e}")))?;
+        let ctrl_port = process::free_port()?;
+        let cli_dir = home.path().join("cli");
+        std::fs::create_dir_all(&cli_dir).map_err(|e| TestNetError::Io(e.to_string()))?;
+
+        let qs_home = home.path().join("quickstart");
+        let quickstart = || {
+            let mut cmd = Command::new(&ziti);
+            cmd.args([
+                "edge",
+                "quickstart",
+                "--no-router",
+                "--instance-id",
+                QS_INSTANCE,
+            ])
+            .arg("--home")
+            .arg(&qs_home)
+            .args(["--ctrl-address", "127.0.0.1", "--ctrl-port"])
+            .arg(ctrl_port.to_string())
+            .env("ZITI_CONFIG_DIR", &cli_dir)
+            .env("HOME", home.path());
+            cmd
+        };
+        if let Some(duration) = &options.access_token_duration {
+            // Generate the controller config, then edit it before the real start (quickstart
+            // reuses an initialised home with the same instance id).
+            let mut cmd = quickstart();
+            cmd.arg("--configure-and-exit");
+            process::run(cmd, "ziti edge quickstart --configure-and-exit")?;
+            let cfg = qs_home.join(QS_INSTANCE).join("ctrl.yaml");
+            let yaml = std::fs::read_to_string(&cfg)
+                .map_err(|e| TestNetError::Io(format!("read {}: {e}", cfg.display())))?;
+            let patched = yaml.replacen(
+                "\nedge:\n",
+                &format!("\nedge:\n  oidc:\n    accessTokenDuration: {duration}\n"),
+                1,
+            );
+            if patched == yaml {
+                return Err(TestNetError::Io("ctrl.yaml has no `edge:` section".into()));
+            }
+            std::fs::write(&cfg, patched).map_err(|e| TestNetError::Io(e.to_string()))?;
+        }
+        let cmd = quickstart();
+        let mut controller =
+            ChildGuard::spawn("controller", cmd, &home.path().join("controller.log"))?;
+        wait_for_controller(&mut controller, ctrl_port)?;
+
+        let router_name = format!("router-{}", std::process::id());
+        let router = RouterInfo {
+            name: router_name.clone(),
+            port: process::free_port()?,
+            config: home
+                .path()
+                .join("router")
+                .join(format!("{router_name}.yaml")),
+            log: home.path().join("router.log"),
+        };
+        let net = TestNet {
+            ziti,
+            home,
+            ctrl_port,
+            cli_dir,
+            router,
+            controller: Mutex::new(controller),
+            router_proc: Mutex::new(None),
+            spawned: Mutex::new(Vec::new()),
+        };
+        net.login()?;
+        net.setup_router()?;
+        net.ziti(&[
+            "edge",
+            "create",
+            "edge-router-policy",
+            "all-endpoints-public-routers",
+            "--edge-router-roles",
+            "#public",
+            "--identity-roles",
+            "#all",
+        ])?;
+        net.ziti(&[
+            "edge",
+            "create",
+            "service-edge-router-policy",
+            "all-routers-all-services",
+            "--edge-router-roles",
+            "#all",
+            "--service-roles",
+            "#all",
+        ])?;
+        net.start_router()?;
+        Ok(net)
+    }
+
+    /// Path of the `ziti` binary in use.
+    pub fn ziti_bin(&self) -> &Path {
+        &self.ziti
+    }
+
+    /// The network's scratch directory (logs, JWTs, identities).
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// Controller port on 127.0.0.1.
+    pub fn ctrl_port(&self) -> u16 {
+        self.ctrl_port
+    }
+
+    /// Controller base URL, `https://127.0.0.1:<port>`.
+    pub fn ctrl_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.ctrl_port)
+    }
+
+    /// The edge router.
+    pub fn router(&self) -> &RouterInfo {
+        &self.router
+    }
+
+    /// Runs `ziti <args>` with this network's CLI state; returns stdout.
+    ///
+    /// A controller that has just (re)started may not have elected a raft leader yet and answers
+    /// model updates with 503 `CLUSTER_NO_LEADER`; such commands are retried for up to 60 s.
+    pub fn ziti(&self, args: &[&str]) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut cmd = self.command();
+            cmd.args(args);
+            match process::run(cmd, &format!("ziti {}", args.join(" "))) {
+                Err(TestNetError::Cli(msg))
+                    if msg.contains("CLUSTER_NO_LEADER") && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A `ziti` command preconfigured with this network's CLI state.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.ziti);
+        cmd.env("ZITI_CONFIG_DIR", &self.cli_dir)
+            .env("HOME", self.home.path());
+        cmd
+    }
+
+    fn login(&self) -> Result<()> {
+        let addr = format!("127.0.0.1:{}", self.ctrl_port);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.ziti(&["edge", "login", &addr, "-u", "admin", "-p", "admin", "-y"]) {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+    }
+
+    fn setup_router(&self) -> Result<()> {
+        let dir = self.home.path().join("router");
+        std::fs::create_dir_all(&dir).map_err(|e| TestNetError::Io(e.to_string()))?;
+        let jwt = dir.join(format!("{}.jwt", self.router.name));
+        let jwt_s = path_str(&jwt)?;
+        self.ziti(&[
+            "edge",
+            "create",
+            "edge-router",
+            &self.router.name,
+            "--jwt-output-file",
+            jwt_s,
+            "--tunneler-enabled",
+            "--role-attributes",
+            "public",
+        ])?;
+        let mut cmd = self.router_command();
+        cmd.args(["create", "config", "router", "edge", "--routerName"])
+            .arg(&self.router.name)
+            .arg("--output")
+            .arg(&self.router.config);
+        process::run(cmd, "ziti create config router edge")?;
+        let mut cmd = self.router_command();
+        cmd.args(["router", "enroll"])
+            .arg(&self.router.config)
+            .arg("--jwt")
+            .arg(&jwt);
+        process::run(cmd, "ziti router enroll")?;
+        Ok(())
+    }
+
+    fn router_command(&self) -> Command {
+        let mut cmd = self.command();
+        let port = self.router.port.to_string();
+        cmd.env("ZITI_HOME", self.home.path().join("router"))
+            .env("ZITI_CTRL_ADVERTISED_ADDRESS", "127.0.0.1")
+            .env("ZITI_CTRL_ADVERTISED_PORT", self.ctrl_port.to_string())
+            .env("ZITI_ROUTER_ADVERTISED_ADDRESS", "127.0.0.1")
+            .env("ZITI_ROUTER_PORT", &port)
+            .env("ZITI_ROUTER_LISTENER_BIND_PORT", &port);
+        cmd
+    }
+
+    /// Starts (or restarts) the edge router and waits until the controller reports it online.
+    pub fn start_router(&self) -> Result<()> {
+        let mut slot = self
+            .router_proc
+            .lock()
+            .map_err(|_| TestNetError::Io("router lock poisoned".into()))?;
+        if slot.is_some() {
+            return Ok(());
+        }
+        let mut cmd = self.router_command();
+        cmd.args(["router", "run"]).arg(&self.router.config);
+        let mut guard = ChildGuard::spawn("router", cmd, &self.router.log)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let listening = std::net::TcpStream::connect(("127.0.0.1", self.router.port)).is_ok();
+            if listening && self.router_online()? {
+                break;
+            }
+            if !guard.is_running() {
+                return Err(TestNetError::Process(format!(
+                    "router exited; last output:\n{}",
+                    guard.log_tail(30)
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(TestNetError::Timeout(format!(
+                    "router not online after 60 s; last output:\n{}",
+                    guard.log_tail(30)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        *slot = Some(guard);
+        Ok(())
+    }
+
+    /// Kills the edge router process (for reconnect tests). [`TestNet::start_router`] brings it back.
+    pub fn stop_router(&self) -> Result<()> {
+        let mut slot = self
+            .router_proc
+            .lock()
+            .map_err(|_| TestNetError::Io("router lock poisoned".into()))?;
+        if let Some(mut g) = slot.take() {
+            g.kill();
+        }
+        Ok(())
+    }
+
+    /// Whether the controller lists the router as online.
+    pub fn router_online(&self) -> Result<bool> {
+        let filter = format!("name = \"{}\"", self.router.name);
+        let out = self.ziti(&["edge", "list", "edge-routers", &filter, "-j"])?;
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .map_err(|e| TestNetError::Cli(format!("edge-router listing is not JSON: {e}")))?;
+        Ok(v["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["name"] == self.router.name.as_str() && r["isOnline"] == true))
+    }
+
+    /// The router's output so far.
+    pub fn router_log(&self) -> String {
+        std::fs::read_to_string(&self.router.log).unwrap_or_default()
+    }
+
+    /// The controller's output so far.
+    pub fn controller_log(&self) -> String {
+        self.controller.lock().map(|c| c.log()).unwrap_or_default()
+    }
+
+    /// Creates an identity with role attributes; returns the path of its enrollment JWT.
+    pub fn create_identity(&self, name: &str, attrs: &[&str]) -> Result<PathBuf> {
+        let jwt = self.home.path().join(format!("{name}.jwt"));
+        let mut args = vec!["edge", "create", "identity", name, "-o", path_str(&jwt)?];
+        let joined = attrs.join(",");
+        if !attrs.is_empty() {
+            args.extend(["-a", joined.as_str()]);
+        }
+        self.ziti(&args)?;
+        Ok(jwt)
+    }
+
+    /// Issues a new one-time enrollment for an existing identity, valid `minutes`; returns the JWT
+    /// path. (Delete the identity's current enrollment first if it has one.)
+    pub fn create_enrollment_ott(&self, name: &str, minutes: u32) -> Result<PathBuf> {
+        let jwt = self.home.path().join(format!(
+            "{name}-{}.jwt",
+            UNIQUE.fetch_add(1, Ordering::Relaxed)
+        ));
+        self.ziti(&[
+            "edge",
+            "create",
+            "enrollment",
+            "ott",
+            name,
+            "-d",
+            &minutes.to_string(),
+            "-o",
+            path_str(&jwt)?,
+        ])?;
+        Ok(jwt)
+    }
+
+    /// Enrolls a JWT with the Go CLI (`ziti edge enroll`), writing the identity JSON to `out`.
+    /// `key_alg` is `"RSA"` or `"EC"`.
+    pub fn cli_enroll(&self, jwt: &Path, out: &Path, key_alg: &str) -> Result<()> {
+        self.ziti(&[
+            "edge",
+            "enroll",
+            path_str(jwt)?,
+            "--out",
+            path_str(out)?,
+            "--keyAlg",
+            key_alg,
+        ])?;
+        Ok(())
+    }
+
+    /// Creates a config of `config_type` with the given JSON.
+    pub fn create_config(&self, name: &str, config_type: &str, json: &str) -> Result<()> {
+        self.ziti(&["edge", "create", "config", name, config_type, json])?;
+        Ok(())
+    }
+
+    /// Creates a service with configs and role attributes.
+    pub fn create_service(
+        &self,
+        name: &str,
+        configs: &[&str],
+        attrs: &[&str],
+        encryption_required: bool,
+    ) -> Result<()> {
+        let configs = configs.join(",");
+        let attrs = attrs.join(",");
+        let mut args = vec!["edge", "create", "service", name];
+        if !configs.is_empty() {
+            args.extend(["--configs", configs.as_str()]);
+        }
+        if !attrs.is_empty() {
+            args.extend(["-a", attrs.as_str()]);
+        }
+        args.extend(["-e", if encryption_required { "ON" } else { "OFF" }]);
+        self.ziti(&args)?;
+        Ok(())
+    }
+
+    /// Creates a service policy; `kind` is `"Dial"` or `"Bind"`. Roles are comma-joined
+    /// (`@name` for one entity, `#attr` for an attribute).
+    pub fn create_service_policy(
+        &self,
+        name: &str,
+        kind: &str,
+        service_roles: &[&str],
+        identity_roles: &[&str],
+    ) -> Result<()> {
+        self.ziti(&[
+            "edge",
+            "create",
+            "service-policy",
+            name,
+            kind,
+            "--service-roles",
+            &service_roles.join(","),
+            "--identity-roles",
+            &identity_roles.join(","),
+        ])?;
+        Ok(())
+    }
+
+    /// Replaces an identity's role attributes.
+    pub fn update_identity_attrs(&self, name: &str, attrs: &[&str]) -> Result<()> {
+        self.ziti(&[
+            "edge",
+            "update",
+            "identity",
+            name,
+            "--role-attributes",
+            &attrs.join(","),
+        ])?;
+        Ok(())
+    }
+
+    /// Deletes an entity, e.g. `delete("service", "echo")`.
+    pub fn delete(&self, entity: &str, name: &str) -> Result<()> {
+        self.ziti(&["edge", "delete", entity, name])?;
+        Ok(())
+    }
+
+    /// Starts the Go tunneler (`ziti tunnel <mode> --identity <json> <extra>...`) as a child that
+    /// is killed with the guard (or with the test process). Its output goes to a log file.
+    pub fn spawn_go_tunnel(
+        &self,
+        mode: &str,
+        identity: &Path,
+        extra: &[&str],
+    ) -> Result<ChildGuard> {
+        let mut cmd = self.command();
+        cmd.args(["tunnel", mode, "--identity"])
+            .arg(identity)
+            .args(extra);
+        let log = self
+            .home
+            .path()
+            .join(format!("{}.log", unique_name(&format!("tunnel-{mode}"))));
+        ChildGuard::spawn(&format!("ziti tunnel {mode}"), cmd, &log)
+    }
+
+    /// Keeps a child alive as long as the network (for helpers started by shared fixtures).
+    pub fn adopt(&self, child: ChildGuard) {
+        if let Ok(mut v) = self.spawned.lock() {
+            v.push(child);
+        }
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        if let Ok(mut v) = self.spawned.lock() {
+            v.clear();
+        }
+        let _ = self.stop_router();
+        if let Ok(mut c) = self.controller.lock() {
+            c.kill();
+        }
+    }
+}
+
+fn wait_for_controller(controller: &mut ChildGuard, port: u16) -> Result<()> {
+    let url = format!("https://127.0.0.1:{port}/edge/client/v1/version");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sk", "--max-time", "2", &url]);
+        if let Ok(body) = process::run(cmd, "curl")
+            && body.contains("\"capabilities\"")
+        {
+            return Ok(());
+        }
+        if !controller.is_running() {
+            return Err(TestNetError::Process(format!(
+                "controller exited; last output:\n{}",
+                controller.log_tail(40)
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(TestNetError::Timeout(format!(
+                "controller did not answer {url} in 120 s; last output:\n{}",
+                controller.log_tail(40)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Removes network homes left behind by test processes that no longer exist (a shared network
+/// lives in a static and is never dropped; its children die with the process, its files do not).
+fn remove_stale_homes() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("zt-testnet-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str()
+        .ok_or_else(|| TestNetError::Io(format!("non-UTF-8 path {}", p.display())))
+}

@@ -1,0 +1,680 @@
+//! [`ZitiContext`]: the public face of the SDK. One context per identity: it authenticates with
+//! the controller, keeps one channel per edge router, and turns service names into streams.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! use ziti_sdk::context::ZitiContext;
+//!
+//! let ctx = ZitiContext::from_file("alice.json").await?;
+//! let mut stream = ctx.dial("echo").await?;
+//! stream.write_all(b"hello").await?;
+//! stream.shutdown().await?; // half-close: the service sees EOF and can still answer
+//! let mut answer = Vec::new();
+//! stream.read_to_end(&mut answer).await?;
+//!
+//! let mut listener = ctx.listen("my-service").await?;
+//! while let Some(incoming) = listener.accept().await {
+//!     println!("call from {:?}", incoming.peer().dialer_identity_name);
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+use crate::controller::{
+    ApiErrorCode, AuthMethod, Controller, ControllerConfig, ControllerError, TokenKind,
+};
+use crate::e2ee::KeyPair;
+use crate::edge::{DialFailure, Precedence};
+use crate::identity::Identity;
+use crate::router::{
+    BindOptions, Binding, DialRequest, EdgeStream, RouterAddr, RouterError, RouterPool,
+};
+use crate::services::Service;
+use crate::session::{Session, SessionType};
+
+/// Default time a dial may take (OpenZiti's default; `connectTimeoutSeconds` overrides per service).
+pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Accepted connections waiting for [`ZitiListener::accept`] before new dials are refused.
+const ACCEPT_QUEUE: usize = 64;
+/// Longest pause between rebind attempts.
+const MAX_REBIND_BACKOFF: Duration = Duration::from_secs(2);
+
+/// How a context behaves.
+#[derive(Debug, Clone)]
+pub struct ContextOptions {
+    /// Authentication method (OIDC, legacy, or automatic like the upstream SDKs).
+    pub auth: AuthMethod,
+    /// Dial timeout when the service does not set one.
+    pub dial_timeout: Duration,
+}
+
+impl Default for ContextOptions {
+    fn default() -> Self {
+        ContextOptions {
+            auth: AuthMethod::Auto,
+            dial_timeout: DEFAULT_DIAL_TIMEOUT,
+        }
+    }
+}
+
+/// Per-dial options.
+#[derive(Debug, Clone, Default)]
+pub struct DialOptions {
+    /// Dial the terminator of this hosting identity (`dialOptions.identity`).
+    pub identity: Option<String>,
+    /// Overrides the service's and the context's timeout.
+    pub timeout: Option<Duration>,
+    /// Caller id shown to the host.
+    pub caller_id: Option<String>,
+    /// Application data forwarded to the host.
+    pub app_data: Option<Bytes>,
+}
+
+/// Per-listen options (terminator settings).
+#[derive(Debug, Clone, Default)]
+pub struct ListenOptions {
+    /// Terminator cost.
+    pub cost: u16,
+    /// Terminator precedence.
+    pub precedence: Precedence,
+    /// Make this terminator addressable as `identity` (dialers use `dialOptions.identity`).
+    pub identity: Option<String>,
+}
+
+/// Why a dial failed, in terms a person can act on. Every variant names the service.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The service does not exist or this identity cannot see it.
+    #[error(
+        "dial {service}: service not found (it does not exist, or no policy gives this identity access)"
+    )]
+    ServiceNotFound {
+        /// Service name.
+        service: String,
+    },
+    /// The identity sees the service but may not dial it.
+    #[error("dial {service}: not authorized: {detail}")]
+    NotAuthorized {
+        /// Service name.
+        service: String,
+        /// What the controller or router said.
+        detail: String,
+    },
+    /// Nobody hosts the service right now.
+    #[error("dial {service}: no terminators: no host is serving this service right now")]
+    NoTerminators {
+        /// Service name.
+        service: String,
+    },
+    /// The network did not answer in time.
+    #[error("dial {service}: timed out after {after:?}")]
+    Timeout {
+        /// Service name.
+        service: String,
+        /// The timeout in force.
+        after: Duration,
+    },
+    /// No edge router could carry the connection.
+    #[error("dial {service}: no edge router available: {detail}")]
+    NoEdgeRouters {
+        /// Service name.
+        service: String,
+        /// Details (controller answer or per-router connection errors).
+        detail: String,
+    },
+    /// The controller refused or failed.
+    #[error("dial {service}: controller: {source}")]
+    Controller {
+        /// Service name.
+        service: String,
+        /// The controller's error.
+        source: ControllerError,
+    },
+    /// Anything else the router reported.
+    #[error("dial {service}: {reason}")]
+    Failed {
+        /// Service name.
+        service: String,
+        /// The reason.
+        reason: String,
+    },
+}
+
+/// Why a listen failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// The service does not exist or this identity cannot see it.
+    #[error("listen {service}: service not found")]
+    ServiceNotFound {
+        /// Service name.
+        service: String,
+    },
+    /// The identity may not bind the service.
+    #[error("listen {service}: not authorized to host this service")]
+    NotAuthorized {
+        /// Service name.
+        service: String,
+    },
+    /// The controller refused or failed.
+    #[error("listen {service}: controller: {source}")]
+    Controller {
+        /// Service name.
+        service: String,
+        /// The controller's error.
+        source: ControllerError,
+    },
+    /// No router accepted the bind.
+    #[error("listen {service}: {reason}")]
+    Bind {
+        /// Service name.
+        service: String,
+        /// Per-router failures.
+        reason: String,
+    },
+}
+
+/// Errors creating a context.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// The identity file could not be used.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// Authentication with the controller failed.
+    #[error(transparent)]
+    Controller(#[from] ControllerError),
+}
+
+/// An authenticated identity with its router channels. Cheap to clone.
+#[derive(Clone)]
+pub struct ZitiContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    controller: Controller,
+    pool: RouterPool,
+    options: ContextOptions,
+    services: tokio::sync::Mutex<HashMap<String, Service>>,
+}
+
+impl std::fmt::Debug for ZitiContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZitiContext")
+            .field("pool", &self.inner.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ZitiContext {
+    /// Loads an identity file and authenticates with default options.
+    pub async fn from_file(path: impl AsRef<Path>) -> Result<Self, ContextError> {
+        let identity = Identity::load(path)?;
+        Self::new(identity, ContextOptions::default()).await
+    }
+
+    /// Authenticates `identity` with its controller.
+    pub async fn new(identity: Identity, options: ContextOptions) -> Result<Self, ContextError> {
+        let controller =
+            Controller::connect(&identity, ControllerConfig::with_auth_method(options.auth))
+                .await?;
+        let token = controller.current_access_token().await?;
+        let oidc = token.kind() == TokenKind::Oidc;
+        let tls = Arc::new(identity.rustls_client_config(&[b"ziti-edge"])?);
+        let pool = RouterPool::new(
+            tls,
+            token_strings(&controller, token.secret()),
+            oidc,
+            identity.name(),
+        );
+        Ok(ZitiContext {
+            inner: Arc::new(Inner {
+                controller,
+                pool,
+                options,
+                services: tokio::sync::Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The controller client (services, sessions, ...).
+    pub fn controller(&self) -> &Controller {
+        &self.inner.controller
+    }
+
+    /// The router channels.
+    pub fn routers(&self) -> &RouterPool {
+        &self.inner.pool
+    }
+
+    /// `true` if the API session is OIDC (tokens refreshed and pushed to routers).
+    pub fn uses_oidc(&self) -> bool {
+        self.inner.controller.auth_kind() == TokenKind::Oidc
+    }
+
+    /// Looks a service up by name, refreshing the list from the controller on a miss.
+    pub async fn service(&self, name: &str) -> Result<Option<Service>, ControllerError> {
+        let mut cache = self.inner.services.lock().await;
+        if let Some(s) = cache.get(name) {
+            return Ok(Some(s.clone()));
+        }
+        let all = self.inner.controller.services().await?;
+        cache.clear();
+        for s in all {
+            cache.insert(s.name.clone(), s);
+        }
+        Ok(cache.get(name).cloned())
+    }
+
+    /// Dials `service` and returns a byte stream to whoever hosts it.
+    pub async fn dial(&self, service: &str) -> Result<EdgeStream, DialError> {
+        self.dial_with(service, &DialOptions::default()).await
+    }
+
+    /// Dials with options. Failures are also logged with the service name and the reason.
+    pub async fn dial_with(
+        &self,
+        service: &str,
+        opts: &DialOptions,
+    ) -> Result<EdgeStream, DialError> {
+        let result = self.dial_inner(service, opts).await;
+        if let Err(e) = &result {
+            tracing::warn!(service, reason = %e, "dial failed");
+        }
+        result
+    }
+
+    async fn dial_inner(&self, name: &str, opts: &DialOptions) -> Result<EdgeStream, DialError> {
+        let controller_err = |source: ControllerError| DialError::Controller {
+            service: name.to_string(),
+            source,
+        };
+        let svc = self
+            .service(name)
+            .await
+            .map_err(controller_err)?
+            .ok_or_else(|| DialError::ServiceNotFound {
+                service: name.to_string(),
+            })?;
+        if !svc.permissions.dial {
+            return Err(DialError::NotAuthorized {
+                service: name.to_string(),
+                detail: "no Dial policy grants this identity access (it may only bind)".into(),
+            });
+        }
+        let timeout = opts
+            .timeout
+            .or_else(|| svc.configs.intercept().map(|i| i.connect_timeout()))
+            .unwrap_or(self.inner.options.dial_timeout);
+        let mut last_err = None;
+        // Two attempts: the second after dropping a cached session or a dead router channel.
+        for _ in 0..2 {
+            let session = self
+                .inner
+                .controller
+                .session(&svc.id, SessionType::Dial)
+                .await
+                .map_err(|e| map_session_error(name, e))?;
+            let routers = router_addrs(&session);
+            let conn =
+                self.inner
+                    .pool
+                    .select(&routers)
+                    .await
+                    .map_err(|e| DialError::NoEdgeRouters {
+                        service: name.to_string(),
+                        detail: e.to_string(),
+                    })?;
+            let req = DialRequest {
+                service: name.to_string(),
+                session_token: session.token.clone(),
+                encrypted: svc.encryption_required,
+                terminator_identity: opts.identity.clone(),
+                caller_id: opts.caller_id.clone(),
+                app_data: opts.app_data.clone(),
+                timeout,
+            };
+            match conn.dial(&req).await {
+                Ok(stream) => {
+                    tracing::debug!(service = name, router = conn.name(), "dialed");
+                    return Ok(stream);
+                }
+                Err(RouterError::Dial { failure, .. }) => {
+                    if failure.needs_new_session() {
+                        self.inner
+                            .controller
+                            .invalidate_session(&svc.id, SessionType::Dial);
+                        last_err = Some(DialError::Failed {
+                            service: name.to_string(),
+                            reason: failure.to_string(),
+                        });
+                        continue;
+                    }
+                    return Err(map_dial_failure(name, failure, timeout));
+                }
+                Err(RouterError::Timeout { after, .. }) => {
+                    return Err(DialError::Timeout {
+                        service: name.to_string(),
+                        after,
+                    });
+                }
+                Err(e @ RouterError::Closed { .. }) => {
+                    last_err = Some(DialError::NoEdgeRouters {
+                        service: name.to_string(),
+                        detail: e.to_string(),
+                    });
+                }
+                Err(e) => {
+                    return Err(DialError::Failed {
+                        service: name.to_string(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| DialError::Failed {
+            service: name.to_string(),
+            reason: "dial failed".into(),
+        }))
+    }
+
+    /// Hosts `service`: returns once at least one edge router has accepted the bind.
+    pub async fn listen(&self, service: &str) -> Result<ZitiListener, ListenError> {
+        self.listen_with(service, &ListenOptions::default()).await
+    }
+
+    /// Hosts `service` with terminator options. Bindings lost with their router are re-created
+    /// (with backoff) until the listener is dropped.
+    pub async fn listen_with(
+        &self,
+        name: &str,
+        opts: &ListenOptions,
+    ) -> Result<ZitiListener, ListenError> {
+        let svc = self
+            .service(name)
+            .await
+            .map_err(|source| ListenError::Controller {
+                service: name.to_string(),
+                source,
+            })?
+            .ok_or_else(|| ListenError::ServiceNotFound {
+                service: name.to_string(),
+            })?;
+        if !svc.permissions.bind {
+            return Err(ListenError::NotAuthorized {
+                service: name.to_string(),
+            });
+        }
+        let session = self
+            .inner
+            .controller
+            .create_session(&svc.id, SessionType::Bind)
+            .await
+            .map_err(|source| ListenError::Controller {
+                service: name.to_string(),
+                source,
+            })?;
+        let bind_opts = BindOptions {
+            cost: opts.cost,
+            precedence: opts.precedence,
+            listener_id: uuid::Uuid::new_v4().to_string(),
+            terminator_identity: opts.identity.clone(),
+            keypair: svc
+                .encryption_required
+                .then(|| Arc::new(KeyPair::generate())),
+        };
+        let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+        let routers = router_addrs(&session);
+        let mut first_errors = Vec::new();
+        let mut bound_any = false;
+        for router in routers {
+            let first = match self.bind_on(&router, &svc, &session, &bind_opts).await {
+                Ok(b) => {
+                    bound_any = true;
+                    Some(b)
+                }
+                Err(e) => {
+                    first_errors.push(format!("{}: {e}", router.name));
+                    None
+                }
+            };
+            tokio::spawn(supervise_binding(
+                self.clone(),
+                router,
+                svc.clone(),
+                bind_opts.clone(),
+                first,
+                tx.clone(),
+            ));
+        }
+        if !bound_any {
+            return Err(ListenError::Bind {
+                service: name.to_string(),
+                reason: if first_errors.is_empty() {
+                    "the bind session lists no edge routers".into()
+                } else {
+                    first_errors.join("; ")
+                },
+            });
+        }
+        tracing::info!(service = name, "hosting");
+        Ok(ZitiListener {
+            service: name.to_string(),
+            incoming: rx,
+        })
+    }
+
+    async fn bind_on(
+        &self,
+        router: &RouterAddr,
+        svc: &Service,
+        session: &Session,
+        opts: &BindOptions,
+    ) -> Result<Binding, RouterError> {
+        let conn = self.inner.pool.get_or_connect(router).await?;
+        conn.bind(&svc.name, &session.token, opts).await
+    }
+}
+
+/// Keeps one router's binding alive: serves its dials, re-binds after it is lost.
+async fn supervise_binding(
+    ctx: ZitiContext,
+    router: RouterAddr,
+    svc: Service,
+    opts: BindOptions,
+    mut current: Option<Binding>,
+    accepted: mpsc::Sender<EdgeStream>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if let Some(binding) = current.take() {
+            backoff = Duration::from_millis(100);
+            match serve_binding(binding, &accepted).await {
+                ServeEnd::ListenerDropped => return,
+                ServeEnd::Lost(e) => {
+                    tracing::warn!(service = %svc.name, router = %router.name, reason = %e, "binding lost; re-binding");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = accepted.closed() => return,
+        }
+        backoff = (backoff * 2).min(MAX_REBIND_BACKOFF);
+        // A fresh session each time: the old one may be why the binding ended.
+        let session = match ctx
+            .inner
+            .controller
+            .create_session(&svc.id, SessionType::Bind)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(service = %svc.name, error = %e, "bind session unavailable");
+                continue;
+            }
+        };
+        match ctx.bind_on(&router, &svc, &session, &opts).await {
+            Ok(b) => {
+                tracing::info!(service = %svc.name, router = %router.name, "re-bound");
+                current = Some(b);
+            }
+            Err(e) => {
+                tracing::debug!(service = %svc.name, router = %router.name, error = %e, "re-bind failed")
+            }
+        }
+    }
+}
+
+enum ServeEnd {
+    ListenerDropped,
+    Lost(RouterError),
+}
+
+async fn serve_binding(mut binding: Binding, accepted: &mpsc::Sender<EdgeStream>) -> ServeEnd {
+    loop {
+        let dial = tokio::select! {
+            d = binding.next_dial() => d,
+            _ = accepted.closed() => {
+                binding.unbind().await;
+                return ServeEnd::ListenerDropped;
+            }
+        };
+        let dial = match dial {
+            Ok(d) => d,
+            Err(e) => return ServeEnd::Lost(e),
+        };
+        // Reserve room first: refusing is better than accepting what nobody will read.
+        let permit = match accepted.clone().try_reserve_owned() {
+            Ok(p) => p,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                dial.reject("host is too busy").await;
+                continue;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                dial.reject("host stopped listening").await;
+                binding.unbind().await;
+                return ServeEnd::ListenerDropped;
+            }
+        };
+        // Accept off the binding's loop so one slow accept does not delay the next dial.
+        tokio::spawn(async move {
+            match dial.accept().await {
+                Ok(stream) => {
+                    permit.send(stream);
+                }
+                Err(e) => tracing::warn!(error = %e, "accepting a dial failed"),
+            }
+        });
+    }
+}
+
+/// Incoming connections for a hosted service. Dropping it unbinds.
+#[derive(Debug)]
+pub struct ZitiListener {
+    service: String,
+    incoming: mpsc::Receiver<EdgeStream>,
+}
+
+impl ZitiListener {
+    /// The hosted service.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The next accepted connection; `None` once hosting has stopped.
+    pub async fn accept(&mut self) -> Option<EdgeStream> {
+        self.incoming.recv().await
+    }
+}
+
+fn router_addrs(session: &Session) -> Vec<RouterAddr> {
+    session
+        .edge_routers
+        .iter()
+        .filter_map(|r| {
+            r.tls_url().map(|url| RouterAddr {
+                name: r.name.clone(),
+                url: url.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn map_session_error(service: &str, e: ControllerError) -> DialError {
+    let service = service.to_string();
+    let Some(code) = e.api_error().map(|a| a.code.clone()) else {
+        return DialError::Controller { service, source: e };
+    };
+    match code {
+        ApiErrorCode::NotFound => DialError::ServiceNotFound { service },
+        ApiErrorCode::CouldNotValidate | ApiErrorCode::Unauthorized => DialError::NotAuthorized {
+            service,
+            detail: e.to_string(),
+        },
+        ApiErrorCode::NoEdgeRoutersAvailable => DialError::NoEdgeRouters {
+            service,
+            detail: e.to_string(),
+        },
+        _ => DialError::Controller { service, source: e },
+    }
+}
+
+fn map_dial_failure(service: &str, failure: DialFailure, timeout: Duration) -> DialError {
+    let service = service.to_string();
+    match failure {
+        DialFailure::NoTerminators(_) => DialError::NoTerminators { service },
+        DialFailure::NotAuthorized(_) | DialFailure::PostureCheckFailed => {
+            DialError::NotAuthorized {
+                service,
+                detail: failure.to_string(),
+            }
+        }
+        DialFailure::ServiceNotFound => DialError::ServiceNotFound { service },
+        DialFailure::Timeout => DialError::Timeout {
+            service,
+            after: timeout,
+        },
+        other => DialError::Failed {
+            service,
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// The controller's token watch as plain strings for the router pool; the forwarding task ends
+/// when the controller stops publishing or every router has gone.
+fn token_strings(controller: &Controller, current: &str) -> watch::Receiver<String> {
+    let (tx, rx) = watch::channel(current.to_string());
+    let mut updates = controller.token_watch();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = updates.changed() => if changed.is_err() { return },
+                _ = tx.closed() => return,
+            }
+            let next = updates
+                .borrow_and_update()
+                .as_ref()
+                .map(|t| t.secret().to_string());
+            if let Some(secret) = next {
+                tx.send_if_modified(|cur| {
+                    if *cur == secret {
+                        false
+                    } else {
+                        *cur = secret;
+                        true
+                    }
+                });
+            }
+        }
+    });
+    rx
+}

@@ -1,0 +1,193 @@
+//! The set of router channels a context keeps: one per router, shared by every connection.
+//!
+//! A dial or bind names the routers its session offers; the pool hands back a live channel to
+//! one of them, preferring the lowest measured latency. When none is connected it connects to
+//! all offered routers at once and takes the first that completes the hello; the others join
+//! the pool when they finish. Channels that die are dropped and reopened on the next request,
+//! so a router that comes back is used again as soon as it answers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::watch;
+
+use super::RouterError;
+use super::connection::{ConnectParams, RouterConnection};
+
+/// An edge router as a session lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouterAddr {
+    /// Router name.
+    pub name: String,
+    /// `tls://host:port`.
+    pub url: String,
+}
+
+/// Router channels shared by a context.
+#[derive(Clone)]
+pub struct RouterPool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tls: Arc<rustls::ClientConfig>,
+    token: watch::Receiver<String>,
+    push_token_updates: bool,
+    label: String,
+    connect_timeout: Duration,
+    channels: Mutex<HashMap<String, RouterConnection>>,
+    connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for RouterPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterPool")
+            .field("label", &self.inner.label)
+            .field("routers", &self.connected().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouterPool {
+    /// A pool that opens channels with `tls` and the API session token in `token`.
+    ///
+    /// With `push_token_updates` (OIDC sessions) every later value of `token` is sent to the
+    /// routers with UpdateToken, so channels outlive the access token they were opened with.
+    pub fn new(
+        tls: Arc<rustls::ClientConfig>,
+        token: watch::Receiver<String>,
+        push_token_updates: bool,
+        label: &str,
+    ) -> Self {
+        RouterPool {
+            inner: Arc::new(Inner {
+                tls,
+                token,
+                push_token_updates,
+                label: label.to_string(),
+                connect_timeout: Duration::from_secs(10),
+                channels: Mutex::new(HashMap::new()),
+                connecting: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Live channels.
+    pub fn connected(&self) -> Vec<RouterConnection> {
+        self.inner
+            .channels
+            .lock()
+            .map(|m| m.values().filter(|c| !c.is_closed()).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A live channel to one of `routers`, connecting if needed (see the module docs).
+    pub async fn select(&self, routers: &[RouterAddr]) -> Result<RouterConnection, RouterError> {
+        if routers.is_empty() {
+            return Err(RouterError::NoneReachable(
+                "the session lists no edge routers".into(),
+            ));
+        }
+        if let Some(best) = self.best_live(routers) {
+            return Ok(best);
+        }
+        let mut attempts: FuturesUnordered<_> = routers
+            .iter()
+            .cloned()
+            .map(|r| {
+                let pool = self.clone();
+                // Spawned so that slower routers still join the pool after we return.
+                tokio::spawn(async move {
+                    let res = pool.get_or_connect(&r).await;
+                    (r, res)
+                })
+            })
+            .collect();
+        let mut failures = Vec::new();
+        while let Some(joined) = attempts.next().await {
+            match joined {
+                Ok((_, Ok(conn))) => return Ok(conn),
+                Ok((r, Err(e))) => failures.push(format!("{}: {e}", r.name)),
+                Err(e) => failures.push(format!("connect task failed: {e}")),
+            }
+        }
+        Err(RouterError::NoneReachable(failures.join("; ")))
+    }
+
+    /// Live channels to any of `routers`, lowest latency first.
+    pub fn live_for(&self, routers: &[RouterAddr]) -> Vec<RouterConnection> {
+        let Ok(map) = self.inner.channels.lock() else {
+            return Vec::new();
+        };
+        let mut live: Vec<RouterConnection> = routers
+            .iter()
+            .filter_map(|r| map.get(&r.url))
+            .filter(|c| !c.is_closed())
+            .cloned()
+            .collect();
+        live.sort_by_key(|c| c.latency().unwrap_or(Duration::MAX));
+        live
+    }
+
+    fn best_live(&self, routers: &[RouterAddr]) -> Option<RouterConnection> {
+        self.live_for(routers).into_iter().next()
+    }
+
+    /// The channel to `router`, opening it if there is none (one attempt at a time per router).
+    pub async fn get_or_connect(
+        &self,
+        router: &RouterAddr,
+    ) -> Result<RouterConnection, RouterError> {
+        let gate = {
+            let mut c = self
+                .inner
+                .connecting
+                .lock()
+                .map_err(|_| RouterError::NoneReachable("pool lock poisoned".into()))?;
+            c.entry(router.url.clone()).or_default().clone()
+        };
+        let _turn = gate.lock().await;
+        if let Some(c) = self.live(&router.url) {
+            return Ok(c);
+        }
+        let mut token = self.inner.token.clone();
+        let current = token.borrow_and_update().clone();
+        let params = ConnectParams {
+            tls: self.inner.tls.clone(),
+            token: current,
+            token_updates: self.inner.push_token_updates.then_some(token),
+            label: self.inner.label.clone(),
+            connect_timeout: self.inner.connect_timeout,
+        };
+        let conn = RouterConnection::connect(&router.name, &router.url, params).await?;
+        if let Ok(mut m) = self.inner.channels.lock() {
+            m.insert(router.url.clone(), conn.clone());
+        }
+        Ok(conn)
+    }
+
+    fn live(&self, url: &str) -> Option<RouterConnection> {
+        let mut map = self.inner.channels.lock().ok()?;
+        match map.get(url) {
+            Some(c) if !c.is_closed() => Some(c.clone()),
+            Some(_) => {
+                map.remove(url);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Closes every channel.
+    pub fn close_all(&self) {
+        if let Ok(mut m) = self.inner.channels.lock() {
+            for c in m.values() {
+                c.close();
+            }
+            m.clear();
+        }
+    }
+}

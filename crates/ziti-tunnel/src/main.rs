@@ -1,0 +1,71 @@
+//! `zt-tunnel`: the OpenZiti tunneler binary.
+//!
+//! ```text
+//! zt-tunnel enroll -j alice.jwt -i alice.json      # one-time JWT -> identity file (0600)
+//! zt-tunnel services -i alice.json                 # what alice may dial/bind, with intercepts
+//! zt-tunnel dial -i alice.json echo < req.txt      # stdin -> service -> stdout
+//! ```
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Pure-Rust OpenZiti tunneler.
+#[derive(Debug, Parser)]
+#[command(name = "zt-tunnel", version, about)]
+struct Cli {
+    /// Write logs to this file (appended, created 0600) instead of stderr.
+    #[arg(long, global = true, env = "ZT_LOG_FILE")]
+    log_file: Option<PathBuf>,
+    /// Default log level (trace, debug, info, warn, error); RUST_LOG overrides.
+    #[arg(long, global = true, default_value = "info", env = "ZT_LOG_LEVEL")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enroll an identity with a one-time enrollment JWT.
+    Enroll(commands::EnrollArgs),
+    /// List the services an identity can dial or bind, with their intercept addresses.
+    Services(commands::ServicesArgs),
+    /// Dial a service: stdin goes to it, its answer to stdout (half-close at end of stdin).
+    Dial(commands::DialArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = ziti_tunnel::logging::init(&cli.log_level, cli.log_file.as_deref()) {
+        eprintln!("zt-tunnel: {e}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("zt-tunnel: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Enroll(args) => commands::enroll(args).await,
+            Command::Services(args) => commands::services(args).await,
+            Command::Dial(args) => commands::dial(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("zt-tunnel: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

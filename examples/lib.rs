@@ -1,0 +1,1 @@
+//! Runnable examples for `ziti-sdk`; see the `examples/` targets.
