@@ -196,3 +196,130 @@ fn service_json(s: &Service) -> serde_json::Value {
         "hosts": s.configs.host_terminators().len(),
     })
 }
+
+/// `zt-tunnel run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Load every identity (`*.json`) in this directory.
+    #[arg(long = "identity-dir", short = 'I')]
+    identity_dir: Option<PathBuf>,
+    /// An identity file; may be repeated.
+    #[arg(short = 'i', long = "identity")]
+    identity: Vec<PathBuf>,
+    /// Name of the TUN device to create.
+    #[arg(long, default_value = "ziti0")]
+    tun_name: String,
+    /// MTU of the TUN device.
+    #[arg(long, default_value_t = 9000)]
+    mtu: u16,
+    /// Pool for intercepted hostnames; its first address is the TUN's and the DNS server's.
+    #[arg(
+        long = "dns-ip-range",
+        alias = "dnsSvcIpRange",
+        default_value = "100.64.0.0/10"
+    )]
+    dns_ip_range: String,
+    /// Upstream resolver for other names (IP or IP:port); may be repeated. Default: the
+    /// nameservers of /etc/resolv.conf.
+    #[arg(long = "dns-upstream", alias = "resolver")]
+    dns_upstream: Vec<String>,
+    /// Do not run the intercepting DNS server.
+    #[arg(long)]
+    no_dns: bool,
+    /// Do not host the services the identities may bind.
+    #[arg(long)]
+    no_host: bool,
+    /// Seconds between checks for service changes.
+    #[arg(long, default_value_t = 60)]
+    refresh: u64,
+}
+
+/// Runs the tunneler until SIGINT or SIGTERM.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    use ziti_tunnel::tunnel::{TunnelConfig, TunnelIdentity};
+
+    let mut files = args.identity.clone();
+    if let Some(dir) = &args.identity_dir {
+        let entries = std::fs::read_dir(dir)
+            .with_context(|| format!("reading identity directory {}", dir.display()))?;
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json") && p.is_file())
+            .collect();
+        found.sort();
+        files.extend(found);
+    }
+    let mut identities = Vec::new();
+    for file in &files {
+        match ZitiContext::from_file(file).await {
+            Ok(context) => {
+                let name = file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                tracing::info!(identity = %name, file = %file.display(), "identity loaded");
+                identities.push(TunnelIdentity { name, context });
+            }
+            Err(e) => {
+                tracing::error!(file = %file.display(), error = %e, "cannot load identity; skipping it")
+            }
+        }
+    }
+    if identities.is_empty() {
+        anyhow::bail!(
+            "no usable identity (looked at {} file(s)); give --identity FILE or --identity-dir DIR",
+            files.len()
+        );
+    }
+    let pool: ziti_dns::Ipv4Cidr = args
+        .dns_ip_range
+        .parse()
+        .with_context(|| format!("--dns-ip-range {}", args.dns_ip_range))?;
+    let dns_upstreams = if args.dns_upstream.is_empty() {
+        ziti_dns::Upstreams::System
+    } else {
+        ziti_dns::Upstreams::List(
+            args.dns_upstream
+                .iter()
+                .map(|u| parse_upstream(u))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        )
+    };
+    let config = TunnelConfig {
+        tun_name: args.tun_name,
+        mtu: args.mtu,
+        pool,
+        dns: !args.no_dns,
+        dns_upstreams,
+        refresh_interval: std::time::Duration::from_secs(args.refresh.max(1)),
+        host: !args.no_host,
+    };
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    ziti_tunnel::tunnel::run(identities, config, shutdown).await?;
+    Ok(())
+}
+
+fn parse_upstream(s: &str) -> anyhow::Result<std::net::SocketAddr> {
+    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+        return Ok(a);
+    }
+    let ip: std::net::IpAddr = s
+        .trim_start_matches("udp://")
+        .parse()
+        .with_context(|| format!("DNS upstream {s:?} is not an IP or IP:port"))?;
+    Ok(std::net::SocketAddr::new(ip, 53))
+}

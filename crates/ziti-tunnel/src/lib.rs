@@ -1,7 +1,18 @@
 //! TUN + smoltcp userspace tunneler for OpenZiti.
 //!
-//! Today the crate provides the pieces the `zt-tunnel` binary shares with embedders; the
-//! intercepting packet path lands in later modules.
+//! Pure core first, tokio shell on top:
+//! - [`intercept`]: which service a flow belongs to (from `intercept.v1` configs).
+//! - [`stack`]: the smoltcp TCP/IP stack behind a packet queue, one socket per intercepted flow.
+//! - [`netlink`]: addresses and routes of the TUN device, through rtnetlink.
+//! - [`tunnel`]: the tokio driver: TUN <-> stack <-> Ziti streams, DNS, service updates.
 
+/// Which service a flow belongs to: the intercept table.
+pub mod intercept;
 /// Logging setup: stderr or one file per session.
 pub mod logging;
+/// Links and routes through rtnetlink.
+pub mod netlink;
+/// The sans-IO TCP/IP stack (smoltcp) between the TUN and Ziti.
+pub mod stack;
+/// The tokio driver that runs a tunnel.
+pub mod tunnel;

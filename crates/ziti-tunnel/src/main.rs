@@ -4,6 +4,7 @@
 //! zt-tunnel enroll -j alice.jwt -i alice.json      # one-time JWT -> identity file (0600)
 //! zt-tunnel services -i alice.json                 # what alice may dial/bind, with intercepts
 //! zt-tunnel dial -i alice.json echo < req.txt      # stdin -> service -> stdout
+//! zt-tunnel run --identity-dir /etc/ziti/identities  # TUN intercept + DNS + hosting
 //! ```
 
 mod commands;
@@ -35,6 +36,9 @@ enum Command {
     Services(commands::ServicesArgs),
     /// Dial a service: stdin goes to it, its answer to stdout (half-close at end of stdin).
     Dial(commands::DialArgs),
+    /// Run the tunneler: intercept the identities' services through a TUN device, answer their
+    /// names in DNS, and host the services they may bind.
+    Run(commands::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
             Command::Enroll(args) => commands::enroll(args).await,
             Command::Services(args) => commands::services(args).await,
             Command::Dial(args) => commands::dial(args).await,
+            Command::Run(args) => commands::run(args).await,
         }
     });
     match result {

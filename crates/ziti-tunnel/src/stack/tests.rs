@@ -1,0 +1,221 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+use smoltcp::wire::Ipv4Address;
+
+/// A client: a second smoltcp interface standing in for the kernel.
+struct Client {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    device: QueueDevice,
+    epoch: Instant,
+}
+
+impl Client {
+    fn new(now: Instant) -> Self {
+        let mut device = QueueDevice {
+            rx: VecDeque::new(),
+            tx: VecDeque::new(),
+            mtu: 1500,
+            max_tx: 1024,
+        };
+        let mut cfg = Config::new(HardwareAddress::Ip);
+        cfg.random_seed = 7;
+        let mut iface = Interface::new(cfg, &mut device, smol_now(now, now));
+        iface.update_ip_addrs(|a| {
+            a.push(IpCidr::new(IpAddress::v4(100, 64, 0, 1), 10))
+                .unwrap();
+        });
+        iface
+            .routes_mut()
+            .add_default_ipv4_route(Ipv4Address::new(100, 64, 0, 1))
+            .unwrap();
+        Client {
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            device,
+            epoch: now,
+        }
+    }
+
+    fn connect(&mut self, dst: (Ipv4Addr, u16), local_port: u16) -> SocketHandle {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 64 * 1024]),
+            tcp::SocketBuffer::new(vec![0; 64 * 1024]),
+        );
+        s.set_ack_delay(None);
+        s.connect(
+            self.iface.context(),
+            (IpAddress::Ipv4(dst.0), dst.1),
+            local_port,
+        )
+        .unwrap();
+        self.sockets.add(s)
+    }
+
+    fn sock(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(h)
+    }
+}
+
+fn stack(now: Instant) -> NetStack {
+    NetStack::new(
+        StackConfig {
+            address: Ipv4Addr::new(100, 64, 0, 1),
+            mtu: 1500,
+            tcp_buffer: 64 * 1024,
+            max_flows: 2,
+            ..StackConfig::default()
+        },
+        now,
+        42,
+    )
+}
+
+/// Moves packets both ways until nothing moves, polling both sides.
+fn pump(
+    client: &mut Client,
+    stack: &mut NetStack,
+    now: Instant,
+    accept: &dyn Fn(SocketAddr) -> bool,
+) {
+    for _ in 0..100 {
+        let t = smol_now(client.epoch, now);
+        client
+            .iface
+            .poll(t, &mut client.device, &mut client.sockets);
+        let mut moved = false;
+        while let Some(p) = client.device.tx.pop_front() {
+            stack.receive_packet(&p, now, |_, dst| accept(dst));
+            moved = true;
+        }
+        stack.poll(now);
+        while let Some(p) = stack.pop_transmit() {
+            client.device.rx.push_back(p);
+            moved = true;
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+const SVC: (Ipv4Addr, u16) = (Ipv4Addr::new(100, 64, 0, 9), 80);
+
+#[test]
+fn accepted_syn_opens_a_flow_that_carries_data_and_half_closes_both_ways() {
+    let now = Instant::now();
+    let mut client = Client::new(now);
+    let mut st = stack(now);
+    let h = client.connect(SVC, 40000);
+    pump(&mut client, &mut st, now, &|_| true);
+
+    let flow = st.poll_new_flow().expect("a new flow");
+    assert_eq!(flow.src, "100.64.0.1:40000".parse().unwrap());
+    assert_eq!(flow.dst, "100.64.0.9:80".parse().unwrap());
+    assert!(st.poll_new_flow().is_none());
+    assert!(client.sock(h).may_send(), "handshake completed");
+
+    // client -> stack
+    client
+        .sock(h)
+        .send_slice(b"GET / HTTP/1.0\r\n\r\n")
+        .unwrap();
+    pump(&mut client, &mut st, now, &|_| true);
+    let mut buf = [0u8; 64];
+    let n = st.recv(flow.id, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"GET / HTTP/1.0\r\n\r\n");
+    assert_eq!(st.recv(flow.id, &mut buf).unwrap(), 0);
+
+    // client half-closes; the stack can still answer
+    client.sock(h).close();
+    pump(&mut client, &mut st, now, &|_| true);
+    assert!(st.client_finished(flow.id));
+    assert!(st.send_capacity(flow.id) > 0);
+    assert_eq!(st.send(flow.id, b"HTTP/1.0 200 OK\r\n\r\nhi").unwrap(), 21);
+    st.finish(flow.id);
+    pump(&mut client, &mut st, now, &|_| true);
+    let n = client.sock(h).recv_slice(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"HTTP/1.0 200 OK\r\n\r\nhi");
+    assert!(!client.sock(h).may_recv(), "client saw FIN");
+    assert!(st.is_closed(flow.id));
+    st.remove(flow.id);
+    assert_eq!(st.flow_count(), 0);
+    assert_eq!(st.recv(flow.id, &mut buf), Err(FlowError::Unknown));
+}
+
+#[test]
+fn refused_syn_is_reset_and_opens_nothing() {
+    let now = Instant::now();
+    let mut client = Client::new(now);
+    let mut st = stack(now);
+    let h = client.connect(SVC, 40001);
+    pump(&mut client, &mut st, now, &|_| false);
+    assert!(st.poll_new_flow().is_none());
+    assert_eq!(st.flow_count(), 0);
+    assert_eq!(
+        client.sock(h).state(),
+        tcp::State::Closed,
+        "RST from the stack"
+    );
+}
+
+#[test]
+fn flow_limit_refuses_extra_syns_and_abort_resets() {
+    let now = Instant::now();
+    let mut client = Client::new(now);
+    let mut st = stack(now);
+    let a = client.connect(SVC, 40010);
+    let b = client.connect(SVC, 40011);
+    let c = client.connect(SVC, 40012);
+    pump(&mut client, &mut st, now, &|_| true);
+    assert_eq!(st.flow_count(), 2, "max_flows");
+    assert!(client.sock(a).may_send() && client.sock(b).may_send());
+    assert_eq!(client.sock(c).state(), tcp::State::Closed);
+    let first = st.poll_new_flow().unwrap();
+    st.abort(first.id);
+    pump(&mut client, &mut st, now, &|_| true);
+    assert_eq!(client.sock(a).state(), tcp::State::Closed, "client saw RST");
+    assert!(st.is_closed(first.id));
+}
+
+#[test]
+fn handshake_that_never_completes_expires() {
+    let now = Instant::now();
+    let mut st = stack(now);
+    // A lone SYN whose client never answers the SYN-ACK.
+    let mut client = Client::new(now);
+    client.connect(SVC, 40020);
+    let t = smol_now(client.epoch, now);
+    client
+        .iface
+        .poll(t, &mut client.device, &mut client.sockets);
+    let syn = client.device.tx.pop_front().unwrap();
+    assert!(tcp_syn(&syn).is_some());
+    st.receive_packet(&syn, now, |_, _| true);
+    st.poll(now);
+    let id = st.poll_new_flow().unwrap().id;
+    let delay = st.poll_delay(now).unwrap();
+    assert!(delay <= StackConfig::default().handshake_timeout + Duration::from_millis(1));
+    let later = now + StackConfig::default().handshake_timeout + Duration::from_secs(1);
+    st.poll(later);
+    assert!(st.is_closed(id));
+}
+
+#[test]
+fn garbage_and_oversized_packets_are_ignored() {
+    let now = Instant::now();
+    let mut st = stack(now);
+    for p in [
+        &[][..],
+        &[0x45][..],
+        &[0x60; 40][..],
+        &[0xff; 100][..],
+        &vec![0x45; 9000][..],
+    ] {
+        st.receive_packet(p, now, |_, _| panic!("never asked for garbage"));
+        st.poll(now);
+    }
+    assert_eq!(st.flow_count(), 0);
+    assert!(tcp_syn(&[0x45; 20]).is_none());
+}
