@@ -221,13 +221,13 @@ impl NetStack {
     /// Runs the stack: processes queued packets, timers and socket output. Returns `true` when
     /// some socket may have changed state.
     pub fn poll(&mut self, now: Instant) -> bool {
+        // Expire first, so that the resets go out in this very poll.
+        self.expire_handshakes(now);
         let t = smol_now(self.epoch, now);
-        let changed = matches!(
+        matches!(
             self.iface.poll(t, &mut self.device, &mut self.sockets),
             smoltcp::iface::PollResult::SocketStateChanged
-        );
-        self.expire_handshakes(now);
-        changed
+        )
     }
 
     fn expire_handshakes(&mut self, now: Instant) {
@@ -386,10 +386,14 @@ impl NetStack {
         }
     }
 
-    /// `true` once the flow is over in both directions (closed, reset or in TIME-WAIT).
+    /// `true` once the flow is over in both directions (closed, reset or in TIME-WAIT) and the
+    /// stack owes the client nothing more (an abort's RST goes out at the next poll, so an
+    /// aborted flow counts as closed only after that).
     pub fn is_closed(&self, id: FlowId) -> bool {
-        self.socket(id).map_or(true, |s| {
-            matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait)
+        self.socket(id).map_or(true, |s| match s.state() {
+            tcp::State::TimeWait => true,
+            tcp::State::Closed => s.remote_endpoint().is_none(),
+            _ => false,
         })
     }
 

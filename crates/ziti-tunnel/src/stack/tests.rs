@@ -174,6 +174,7 @@ fn flow_limit_refuses_extra_syns_and_abort_resets() {
     assert_eq!(client.sock(c).state(), tcp::State::Closed);
     let first = st.poll_new_flow().unwrap();
     st.abort(first.id);
+    assert!(!st.is_closed(first.id), "the RST is still owed");
     pump(&mut client, &mut st, now, &|_| true);
     assert_eq!(client.sock(a).state(), tcp::State::Closed, "client saw RST");
     assert!(st.is_closed(first.id));
