@@ -385,8 +385,12 @@ impl Driver {
                     break;
                 }
                 match pipe.down.try_recv() {
-                    Ok(Down::Data(b)) => pipe.pending = Some(b),
+                    Ok(Down::Data(b)) => {
+                        tracing::trace!(?id, n = b.len(), "service -> client");
+                        pipe.pending = Some(b)
+                    }
                     Ok(Down::Fin) => {
+                        tracing::trace!(?id, "service finished sending");
                         self.stack.finish(id);
                         pipe.down_done = true;
                     }
@@ -491,7 +495,10 @@ fn forward_up(stack: &mut NetStack, id: FlowId, tx: &mpsc::Sender<Bytes>, buf: &
         };
         match stack.recv(id, buf) {
             Ok(0) => return true,
-            Ok(n) => permit.send(Bytes::copy_from_slice(&buf[..n])),
+            Ok(n) => {
+                tracing::trace!(?id, n, "client -> service");
+                permit.send(Bytes::copy_from_slice(&buf[..n]))
+            }
             Err(_) => return false,
         }
     }
@@ -518,6 +525,7 @@ async fn relay_flow(
     let (mut rd, mut wr) = tokio::io::split(stream);
     let upload = async {
         while let Some(chunk) = up.recv().await {
+            tracing::trace!(service, n = chunk.len(), "writing to the service");
             notify.notify_one(); // room in the channel again
             wr.write_all(&chunk).await?;
         }
