@@ -6,6 +6,8 @@
 //! - [`netlink`]: addresses and routes of the TUN device, through rtnetlink.
 //! - [`tunnel`]: the tokio driver: TUN <-> stack <-> Ziti streams, DNS, service updates.
 
+/// Fuzzing entry point for the packet path (used by `fuzz/` and by tests).
+pub mod fuzz;
 /// Which service a flow belongs to: the intercept table.
 pub mod intercept;
 /// Logging setup: stderr or one file per session.
