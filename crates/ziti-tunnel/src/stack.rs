@@ -1,7 +1,12 @@
 //! The userspace TCP/IP stack between the TUN device and Ziti: smoltcp behind a packet-queue
-//! device. Sans-IO: IP packets go in with [`NetStack::receive_packet`], packets to write to the
-//! TUN come out of [`NetStack::pop_transmit`], and flow data moves through
-//! [`NetStack::recv`] / [`NetStack::send`]. The caller owns the clock and every socket.
+//! device. Sans-IO: IP packets go in with [`receive_packet`], packets to write to the TUN come
+//! out of [`pop_transmit`], and flow data moves through [`recv`] / [`send`]. The caller owns the
+//! clock and every socket.
+//!
+//! [`receive_packet`]: crate::stack::NetStack::receive_packet
+//! [`pop_transmit`]: crate::stack::NetStack::pop_transmit
+//! [`recv`]: crate::stack::NetStack::recv
+//! [`send`]: crate::stack::NetStack::send
 //!
 //! smoltcp cannot listen on every address and port, so each TCP SYN that the caller's classifier
 //! accepts gets its own socket, listening on exactly the SYN's destination (smoltcp runs in
@@ -52,8 +57,9 @@ impl Default for StackConfig {
             address: Ipv4Addr::new(100, 64, 0, 1),
             prefix: 10,
             mtu: 9000,
-            tcp_buffer: 256 * 1024,
-            max_flows: 4096,
+            // 2048 flows x 2 x 128 KiB bounds the stack's socket memory at 512 MiB.
+            tcp_buffer: 128 * 1024,
+            max_flows: 2048,
             max_rx_queue: 1024,
             max_tx_queue: 1024,
             handshake_timeout: Duration::from_secs(20),

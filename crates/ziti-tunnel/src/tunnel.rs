@@ -1,5 +1,5 @@
-//! The tokio driver of a tunnel: one task owns the TUN device and the [`NetStack`]; each
-//! intercepted flow gets a task that dials its service and moves bytes over bounded channels;
+//! The tokio driver of a tunnel: one task owns the TUN device and the
+//! [`NetStack`](crate::stack::NetStack); each intercepted flow gets a task that dials its service and moves bytes over bounded channels;
 //! service updates from every identity keep the intercept table, the DNS names and the routes
 //! current. Services the identities may bind and that carry a `host.v1`/`host.v2` config are
 //! hosted: each incoming Ziti connection is forwarded to the configured TCP address.
@@ -288,7 +288,18 @@ impl Driver {
 
     async fn flush_tun(&mut self) -> Result<(), TunnelError> {
         while let Some(p) = self.stack.pop_transmit() {
-            self.tun.send(&p).await.map_err(TunnelError::TunIo)?;
+            // A packet the kernel refuses (e.g. ENOBUFS under load) is dropped like on any
+            // link; TCP retransmits it. Only a device that is gone ends the tunnel.
+            if let Err(e) = self.tun.send(&p).await {
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::BrokenPipe
+                ) || e.raw_os_error() == Some(libc::EBADFD)
+                {
+                    return Err(TunnelError::TunIo(e));
+                }
+                tracing::debug!(error = %e, "dropped a packet the TUN refused");
+            }
         }
         Ok(())
     }
