@@ -77,16 +77,7 @@ impl Netlink {
         prefix: u8,
         index: u32,
     ) -> Result<(), NetlinkError> {
-        let message = match network {
-            IpAddr::V4(v4) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                .destination_prefix(v4, prefix)
-                .output_interface(index)
-                .build(),
-            IpAddr::V6(v6) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                .destination_prefix(v6, prefix)
-                .output_interface(index)
-                .build(),
-        };
+        let message = route_message(network, prefix, index);
         self.handle
             .route()
             .add(message)
@@ -106,16 +97,7 @@ impl Netlink {
         prefix: u8,
         index: u32,
     ) -> Result<(), NetlinkError> {
-        let message = match network {
-            IpAddr::V4(v4) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                .destination_prefix(v4, prefix)
-                .output_interface(index)
-                .build(),
-            IpAddr::V6(v6) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                .destination_prefix(v6, prefix)
-                .output_interface(index)
-                .build(),
-        };
+        let message = route_message(network, prefix, index);
         self.handle
             .route()
             .del(message)
@@ -125,5 +107,23 @@ impl Netlink {
                 what: format!("remove route {network}/{prefix}"),
                 source,
             })
+    }
+}
+
+/// A route to `network/prefix` through link `index`.
+fn route_message(
+    network: IpAddr,
+    prefix: u8,
+    index: u32,
+) -> rtnetlink::packet_route::route::RouteMessage {
+    match network {
+        IpAddr::V4(v4) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(v4, prefix)
+            .output_interface(index)
+            .build(),
+        IpAddr::V6(v6) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .destination_prefix(v6, prefix)
+            .output_interface(index)
+            .build(),
     }
 }
