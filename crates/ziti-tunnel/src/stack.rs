@@ -19,10 +19,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{
-    HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, IpProtocol, Ipv4Packet, TcpPacket,
+    HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, IpProtocol, Ipv4Packet, Ipv4Repr,
+    TcpPacket, UdpPacket, UdpRepr,
 };
 use ziti_sdk::services::Protocol;
 
@@ -49,6 +51,8 @@ pub struct StackConfig {
     /// An established flow with no traffic from the client (not even keep-alive answers) for
     /// this long is aborted.
     pub idle_timeout: Duration,
+    /// Intercepted UDP datagrams waiting for the caller at most; more are dropped.
+    pub max_udp_queue: usize,
 }
 
 impl Default for StackConfig {
@@ -64,6 +68,7 @@ impl Default for StackConfig {
             max_tx_queue: 1024,
             handshake_timeout: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(2 * 60 * 60),
+            max_udp_queue: 1024,
         }
     }
 }
@@ -81,6 +86,17 @@ pub struct NewFlow {
     pub src: SocketAddr,
     /// The intercepted destination.
     pub dst: SocketAddr,
+}
+
+/// An intercepted UDP datagram from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    /// The client.
+    pub src: SocketAddr,
+    /// The intercepted destination.
+    pub dst: SocketAddr,
+    /// The payload.
+    pub payload: Vec<u8>,
 }
 
 /// Errors of flow operations.
@@ -112,6 +128,7 @@ pub struct NetStack {
     by_tuple: HashMap<(SocketAddr, SocketAddr), FlowId>,
     next_id: u64,
     new_flows: VecDeque<NewFlow>,
+    datagrams: VecDeque<Datagram>,
 }
 
 impl std::fmt::Debug for NetStack {
@@ -155,6 +172,7 @@ impl NetStack {
             by_tuple: HashMap::new(),
             next_id: 1,
             new_flows: VecDeque::new(),
+            datagrams: VecDeque::new(),
         }
     }
 
@@ -168,6 +186,16 @@ impl NetStack {
         mut accept: impl FnMut(Protocol, SocketAddr) -> bool,
     ) {
         if packet.len() > self.config.mtu || self.device.rx.len() >= self.config.max_rx_queue {
+            return;
+        }
+        // Intercepted UDP bypasses smoltcp: the caller relays each datagram. Other UDP goes to
+        // smoltcp, which answers with ICMP port unreachable.
+        if let Some(datagram) = udp_datagram(packet)
+            && accept(Protocol::Udp, datagram.dst)
+        {
+            if self.datagrams.len() < self.config.max_udp_queue {
+                self.datagrams.push_back(datagram);
+            }
             return;
         }
         if let Some((src, dst)) = tcp_syn(packet)
@@ -222,6 +250,50 @@ impl NetStack {
     /// The next flow opened since the last call.
     pub fn poll_new_flow(&mut self) -> Option<NewFlow> {
         self.new_flows.pop_front()
+    }
+
+    /// The next intercepted UDP datagram.
+    pub fn poll_datagram(&mut self) -> Option<Datagram> {
+        self.datagrams.pop_front()
+    }
+
+    /// Queues a UDP datagram from `from` (an intercepted address) to the client `to`, as an
+    /// IPv4 packet for the TUN. Returns `false` (and drops it, as UDP may) when it cannot be
+    /// sent: IPv6, too large for the MTU, or the transmit queue is full.
+    pub fn send_datagram(&mut self, from: SocketAddr, to: SocketAddr, payload: &[u8]) -> bool {
+        let (IpAddr::V4(src), IpAddr::V4(dst)) = (from.ip(), to.ip()) else {
+            return false;
+        };
+        let udp = UdpRepr {
+            src_port: from.port(),
+            dst_port: to.port(),
+        };
+        let udp_len = udp.header_len() + payload.len();
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Udp,
+            payload_len: udp_len,
+            hop_limit: 64,
+        };
+        let total = ip.buffer_len() + udp_len;
+        if total > self.config.mtu || self.device.tx.len() >= self.config.max_tx_queue {
+            return false;
+        }
+        let caps = ChecksumCapabilities::default();
+        let mut buf = vec![0u8; total];
+        let mut packet = Ipv4Packet::new_unchecked(&mut buf[..]);
+        ip.emit(&mut packet, &caps);
+        udp.emit(
+            &mut UdpPacket::new_unchecked(packet.payload_mut()),
+            &IpAddress::Ipv4(src),
+            &IpAddress::Ipv4(dst),
+            payload.len(),
+            |b| b.copy_from_slice(payload),
+            &caps,
+        );
+        self.device.tx.push_back(buf);
+        true
     }
 
     /// Runs the stack: processes queued packets, timers and socket output. Returns `true` when
@@ -430,6 +502,30 @@ pub fn tcp_syn(packet: &[u8]) -> Option<(SocketAddr, SocketAddr)> {
     let src = SocketAddr::new(IpAddr::V4(ip.src_addr()), tcp.src_port());
     let dst = SocketAddr::new(IpAddr::V4(ip.dst_addr()), tcp.dst_port());
     Some((src, dst))
+}
+
+/// The datagram in `packet`, if it is a well-formed, unfragmented IPv4 UDP packet.
+pub fn udp_datagram(packet: &[u8]) -> Option<Datagram> {
+    let ip = Ipv4Packet::new_checked(packet).ok()?;
+    if ip.next_header() != IpProtocol::Udp || ip.frag_offset() != 0 || ip.more_frags() {
+        return None;
+    }
+    let caps = ChecksumCapabilities::default();
+    Ipv4Repr::parse(&ip, &caps).ok()?;
+    let (src_ip, dst_ip) = (ip.src_addr(), ip.dst_addr());
+    let udp = UdpPacket::new_checked(ip.payload()).ok()?;
+    UdpRepr::parse(
+        &udp,
+        &IpAddress::Ipv4(src_ip),
+        &IpAddress::Ipv4(dst_ip),
+        &caps,
+    )
+    .ok()?;
+    Some(Datagram {
+        src: SocketAddr::new(IpAddr::V4(src_ip), udp.src_port()),
+        dst: SocketAddr::new(IpAddr::V4(dst_ip), udp.dst_port()),
+        payload: udp.payload().to_vec(),
+    })
 }
 
 /// A device made of two packet queues.

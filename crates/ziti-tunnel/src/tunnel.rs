@@ -33,6 +33,15 @@ const CHUNK: usize = 32 * 1024;
 const EVENT_QUEUE: usize = 256;
 /// Packets read from the TUN per wake-up at most (fairness towards the other work).
 const READ_BATCH: usize = 64;
+/// UDP flows (client address, intercepted address) at once at most.
+const MAX_UDP_FLOWS: usize = 1024;
+/// Datagrams waiting per UDP flow at most; more are dropped, as UDP allows.
+const UDP_QUEUE: usize = 64;
+/// A UDP flow with no datagram either way for this long ends (and its Ziti connection closes).
+const UDP_IDLE: Duration = Duration::from_secs(60);
+
+/// A datagram from a service: (intercepted address it came from, client, payload).
+type DatagramDown = (SocketAddr, SocketAddr, Bytes);
 
 /// How a tunnel is set up.
 #[derive(Debug, Clone)]
@@ -159,6 +168,7 @@ pub async fn run(
     };
 
     let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+    let (udp_down_tx, udp_down) = mpsc::channel(EVENT_QUEUE);
     let mut watchers = Vec::new();
     let mut hosts = Hosting::default();
     for (index, id) in identities.iter().enumerate() {
@@ -197,10 +207,12 @@ pub async fn run(
         dns_table,
         identities,
         flows: HashMap::new(),
+        udp_flows: HashMap::new(),
+        udp_down_tx,
         notify: Arc::new(Notify::new()),
         host_services: config.host,
     };
-    let result = driver.run(events, &mut hosts, shutdown).await;
+    let result = driver.run(events, udp_down, &mut hosts, shutdown).await;
 
     for w in watchers {
         w.abort();
@@ -227,6 +239,9 @@ struct Driver {
     dns_table: DnsTable,
     identities: Vec<TunnelIdentity>,
     flows: HashMap<FlowId, FlowPipe>,
+    /// Datagrams towards each UDP flow's relay, keyed by (client, intercepted address).
+    udp_flows: HashMap<(SocketAddr, SocketAddr), mpsc::Sender<Bytes>>,
+    udp_down_tx: mpsc::Sender<DatagramDown>,
     notify: Arc<Notify>,
     host_services: bool,
 }
@@ -235,6 +250,7 @@ impl Driver {
     async fn run(
         &mut self,
         mut events: mpsc::Receiver<(usize, ServiceEvent)>,
+        mut udp_down: mpsc::Receiver<DatagramDown>,
         hosts: &mut Hosting,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), TunnelError> {
@@ -245,6 +261,7 @@ impl Driver {
             let now = Instant::now();
             self.stack.poll(now);
             self.start_new_flows();
+            self.relay_datagrams();
             self.service_flows();
             self.stack.poll(now);
             self.flush_tun().await?;
@@ -266,6 +283,11 @@ impl Driver {
                     }
                 }
                 _ = notified => {}
+                Some((from, to, payload)) = udp_down.recv() => {
+                    if !self.stack.send_datagram(from, to, &payload) {
+                        tracing::debug!(%from, %to, len = payload.len(), "dropped a UDP reply");
+                    }
+                }
                 _ = tokio::time::sleep(delay) => {}
                 ev = events.recv(), if events_open => match ev {
                     Some((index, ev)) => self.on_service_event(index, ev, hosts).await,
@@ -307,6 +329,65 @@ impl Driver {
     fn start_new_flows(&mut self) {
         while let Some(flow) = self.stack.poll_new_flow() {
             self.start_flow(flow);
+        }
+    }
+
+    /// Hands intercepted datagrams to their flows' relays, starting a relay for a new flow.
+    fn relay_datagrams(&mut self) {
+        while let Some(d) = self.stack.poll_datagram() {
+            let key = (d.src, d.dst);
+            let mut payload = Bytes::from(d.payload);
+            if let Some(tx) = self.udp_flows.get(&key) {
+                match tx.try_send(payload) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => continue,
+                    Err(mpsc::error::TrySendError::Closed(p)) => {
+                        // The relay went idle and ended: start a new one.
+                        self.udp_flows.remove(&key);
+                        payload = p;
+                    }
+                }
+            }
+            if self.udp_flows.len() >= MAX_UDP_FLOWS {
+                self.udp_flows.retain(|_, tx| !tx.is_closed());
+                if self.udp_flows.len() >= MAX_UDP_FLOWS {
+                    continue;
+                }
+            }
+            let hostname = self.dns_table.lookup_ip(d.dst.ip());
+            let Some(intercept) = self
+                .table
+                .find(Protocol::Udp, d.dst, hostname.as_deref())
+                .cloned()
+            else {
+                continue;
+            };
+            let Some(ctx) = self
+                .owner
+                .get(&intercept.service)
+                .and_then(|i| self.identities.get(*i))
+                .map(|i| i.context.clone())
+            else {
+                continue;
+            };
+            let (tx, rx) = mpsc::channel(UDP_QUEUE);
+            if tx.try_send(payload).is_err() {
+                continue;
+            }
+            self.udp_flows.insert(key, tx);
+            let opts = DialOptions {
+                identity: intercept.dial_identity_for(Protocol::Udp, d.dst, hostname.as_deref()),
+                timeout: Some(intercept.connect_timeout),
+                ..DialOptions::default()
+            };
+            tracing::debug!(service = %intercept.service, src = %d.src, dst = %d.dst, "intercepted UDP");
+            tokio::spawn(relay_udp(
+                ctx,
+                intercept.service,
+                opts,
+                (d.src, d.dst),
+                rx,
+                self.udp_down_tx.clone(),
+            ));
         }
     }
 
@@ -567,6 +648,47 @@ async fn relay_flow(
         let _ = down.send(Down::Abort).await;
         notify.notify_one();
     }
+}
+
+/// One UDP flow: dial the service, then each datagram is one Data message each way, until the
+/// flow is idle for [`UDP_IDLE`].
+async fn relay_udp(
+    ctx: ZitiContext,
+    service: String,
+    opts: DialOptions,
+    (client, intercepted): (SocketAddr, SocketAddr),
+    mut up: mpsc::Receiver<Bytes>,
+    down: mpsc::Sender<DatagramDown>,
+) {
+    // dial_with logs a failure with the service name and the reason.
+    let Ok(stream) = ctx.dial_with(&service, &opts).await else {
+        return;
+    };
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        tokio::select! {
+            datagram = up.recv() => match datagram {
+                Some(d) => {
+                    if wr.write_all(&d).await.is_err() {
+                        break;
+                    }
+                }
+                None => break,
+            },
+            read = rd.read(&mut buf) => match read {
+                Ok(n) if n > 0 => {
+                    let reply = Bytes::copy_from_slice(&buf[..n]);
+                    if down.send((intercepted, client, reply)).await.is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            },
+            _ = tokio::time::sleep(UDP_IDLE) => break,
+        }
+    }
+    tracing::debug!(service, %client, "UDP flow ended");
 }
 
 /// The hosted services: one listener task per (identity, service, terminator).

@@ -9,7 +9,9 @@
 //! hosted by the Go tunneler (20 MB each way, SHA-256 checked, client half-close); an IP intercept
 //! routed through the TUN to a service that `zt-tunnel` itself hosts (host.v1); a connection to
 //! a service without a host is reset and logged with the service name and the reason; a service
-//! removed by policy stops resolving; no process outlives the test.
+//! removed by policy stops resolving; UDP datagrams to an intercepted address reach a UDP
+//! service hosted by the Go tunneler and the answers come back datagram by datagram; no process
+//! outlives the test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -117,6 +119,21 @@ async fn start_server(reply_len: usize) -> (u16, tokio::sync::mpsc::Receiver<Str
         }
     });
     (port, rx)
+}
+
+/// A UDP server on loopback that answers each datagram with `echo:` + the datagram.
+async fn start_udp_echo() -> u16 {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = sock.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 65536];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let mut reply = b"echo:".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = sock.send_to(&reply, from).await;
+        }
+    });
+    port
 }
 
 /// Deterministic bytes seeded by `seed`.
@@ -254,6 +271,16 @@ async fn scenario(net: &TestNet) {
         None,
         "#nobody",
     );
+    let udp_port = start_udp_echo().await;
+    service(
+        net,
+        "udpsvc",
+        r#"{"protocols":["udp"],"addresses":["192.0.2.20"],"portRanges":[{"low":5353,"high":5353}]}"#,
+        Some(&format!(
+            r#"{{"protocol":"udp","address":"127.0.0.1","port":{udp_port}}}"#
+        )),
+        "#go-hosts",
+    );
 
     let ids = tempfile::tempdir().unwrap();
     enroll(
@@ -352,6 +379,44 @@ async fn scenario(net: &TestNet) {
     // Not intercepted: a SYN to a pool address nobody was given is refused at once.
     let stray = TcpStream::connect(SocketAddr::from((Ipv4Addr::new(100, 64, 200, 200), 80))).await;
     assert!(stray.is_err(), "unintercepted destinations are refused");
+
+    // UDP: datagrams to an intercepted address are carried one by one and answered.
+    let udp = UdpSocket::bind("0.0.0.0:0").await.unwrap();
+    let target = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 20), 5353));
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sent = udp.send_to(b"ping-0", target).await;
+        if sent.is_ok()
+            && let Ok(Ok((n, from))) =
+                tokio::time::timeout(Duration::from_secs(1), udp.recv_from(&mut buf)).await
+        {
+            assert_eq!(from, target, "answers come from the intercepted address");
+            assert_eq!(&buf[..n], b"echo:ping-0");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no UDP answer through the tunnel ({sent:?}):\n{}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            net.ziti(&["edge", "list", "services", "-j"])
+                .unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for i in 1..=5 {
+        let msg = format!("ping-{i}-{}", "x".repeat(i * 200));
+        udp.send_to(msg.as_bytes(), target).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), udp.recv_from(&mut buf))
+            .await
+            .expect("UDP answer in time")
+            .unwrap();
+        assert_eq!(
+            &buf[..n],
+            format!("echo:{msg}").as_bytes(),
+            "datagram boundaries kept"
+        );
+    }
 
     // Policy change: the service disappears from DNS within a refresh or two.
     assert!(resolve("gone.ziti.test").await.is_some());

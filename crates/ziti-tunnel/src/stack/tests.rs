@@ -220,3 +220,50 @@ fn garbage_and_oversized_packets_are_ignored() {
     assert_eq!(st.flow_count(), 0);
     assert!(tcp_syn(&[0x45; 20]).is_none());
 }
+
+#[test]
+fn intercepted_udp_is_handed_over_and_replies_are_built_others_get_icmp() {
+    let now = Instant::now();
+    let mut st = stack(now);
+    let client: SocketAddr = "100.64.0.1:5353".parse().unwrap();
+    let service: SocketAddr = "100.64.0.9:53".parse().unwrap();
+    // A packet built by send_datagram is a valid datagram for receive_packet.
+    assert!(st.send_datagram(client, service, b"question"));
+    let packet = st.pop_transmit().unwrap();
+    let parsed = udp_datagram(&packet).unwrap();
+    assert_eq!((parsed.src, parsed.dst), (client, service));
+
+    st.receive_packet(&packet, now, |proto, dst| {
+        proto == Protocol::Udp && dst == service
+    });
+    st.poll(now);
+    let d = st.poll_datagram().unwrap();
+    assert_eq!(
+        (d.src, d.dst, d.payload.as_slice()),
+        (client, service, &b"question"[..])
+    );
+    assert!(
+        st.pop_transmit().is_none(),
+        "intercepted UDP never reaches smoltcp"
+    );
+
+    // A reply goes back from the intercepted address to the client.
+    assert!(st.send_datagram(service, client, b"answer"));
+    let reply = udp_datagram(&st.pop_transmit().unwrap()).unwrap();
+    assert_eq!(
+        (reply.src, reply.dst, reply.payload.as_slice()),
+        (service, client, &b"answer"[..])
+    );
+
+    // Not intercepted: ICMP port unreachable from smoltcp.
+    st.receive_packet(&packet, now, |_, _| false);
+    st.poll(now);
+    assert!(st.poll_datagram().is_none());
+    let icmp = st.pop_transmit().expect("an ICMP answer");
+    let ip = Ipv4Packet::new_checked(&icmp[..]).unwrap();
+    assert_eq!(ip.next_header(), IpProtocol::Icmp);
+
+    // Oversized replies and IPv6 are refused rather than sent broken.
+    assert!(!st.send_datagram(service, client, &[0u8; 2000]));
+    assert!(!st.send_datagram("[::1]:53".parse().unwrap(), client, b"x"));
+}
