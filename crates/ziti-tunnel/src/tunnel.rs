@@ -353,20 +353,7 @@ impl Driver {
                     continue;
                 }
             }
-            let hostname = self.dns_table.lookup_ip(d.dst.ip());
-            let Some(intercept) = self
-                .table
-                .find(Protocol::Udp, d.dst, hostname.as_deref())
-                .cloned()
-            else {
-                continue;
-            };
-            let Some(ctx) = self
-                .owner
-                .get(&intercept.service)
-                .and_then(|i| self.identities.get(*i))
-                .map(|i| i.context.clone())
-            else {
+            let Some((service, ctx, opts)) = self.dial_target(Protocol::Udp, d.dst) else {
                 continue;
             };
             let (tx, rx) = mpsc::channel(UDP_QUEUE);
@@ -374,15 +361,10 @@ impl Driver {
                 continue;
             }
             self.udp_flows.insert(key, tx);
-            let opts = DialOptions {
-                identity: intercept.dial_identity_for(Protocol::Udp, d.dst, hostname.as_deref()),
-                timeout: Some(intercept.connect_timeout),
-                ..DialOptions::default()
-            };
-            tracing::debug!(service = %intercept.service, src = %d.src, dst = %d.dst, "intercepted UDP");
+            tracing::debug!(service, src = %d.src, dst = %d.dst, "intercepted UDP");
             tokio::spawn(relay_udp(
                 ctx,
-                intercept.service,
+                service,
                 opts,
                 (d.src, d.dst),
                 rx,
@@ -391,22 +373,30 @@ impl Driver {
         }
     }
 
-    fn start_flow(&mut self, flow: NewFlow) {
-        let hostname = self.dns_table.lookup_ip(flow.dst.ip());
-        let Some(intercept) = self
-            .table
-            .find(Protocol::Tcp, flow.dst, hostname.as_deref())
-            .cloned()
-        else {
-            self.stack.abort(flow.id);
-            return;
-        };
-        let Some(ctx) = self
+    /// The service, identity and dial options for a flow to `dst`, if it is intercepted.
+    fn dial_target(
+        &self,
+        protocol: Protocol,
+        dst: SocketAddr,
+    ) -> Option<(String, ZitiContext, DialOptions)> {
+        let hostname = self.dns_table.lookup_ip(dst.ip());
+        let intercept = self.table.find(protocol, dst, hostname.as_deref())?;
+        let ctx = self
             .owner
             .get(&intercept.service)
             .and_then(|i| self.identities.get(*i))
-            .map(|i| i.context.clone())
-        else {
+            .map(|i| i.context.clone())?;
+        let opts = DialOptions {
+            identity: intercept.dial_identity_for(protocol, dst, hostname.as_deref()),
+            timeout: Some(intercept.connect_timeout),
+            ..DialOptions::default()
+        };
+        tracing::debug!(service = %intercept.service, %dst, host = ?hostname, ?protocol, "intercepted");
+        Some((intercept.service.clone(), ctx, opts))
+    }
+
+    fn start_flow(&mut self, flow: NewFlow) {
+        let Some((service, ctx, opts)) = self.dial_target(Protocol::Tcp, flow.dst) else {
             self.stack.abort(flow.id);
             return;
         };
@@ -421,21 +411,8 @@ impl Driver {
                 down_done: false,
             },
         );
-        let opts = DialOptions {
-            identity: intercept.dial_identity_for(Protocol::Tcp, flow.dst, hostname.as_deref()),
-            timeout: Some(intercept.connect_timeout),
-            ..DialOptions::default()
-        };
-        tracing::debug!(service = %intercept.service, src = %flow.src, dst = %flow.dst, host = ?hostname, "intercepted");
         let notify = self.notify.clone();
-        tokio::spawn(relay_flow(
-            ctx,
-            intercept.service,
-            opts,
-            up_rx,
-            down_tx,
-            notify,
-        ));
+        tokio::spawn(relay_flow(ctx, service, opts, up_rx, down_tx, notify));
     }
 
     /// Moves bytes between every flow's socket and its channels; reaps finished flows.
