@@ -6,12 +6,12 @@
 //! - [`netlink`]: addresses and routes of the TUN device, through rtnetlink.
 //! - [`tunnel`]: the tokio driver: TUN <-> stack <-> Ziti streams, DNS, service updates.
 
-/// Fuzzing entry point for the packet path (used by `fuzz/` and by tests).
+/// Fuzzing entry point for the packet path (used by `fuzz/` and by tests; not public API).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
 pub mod fuzz;
 /// Which service a flow belongs to: the intercept table.
 pub mod intercept;
-/// Logging setup: stderr or one file per session.
-pub mod logging;
 /// Links and routes through rtnetlink.
 pub mod netlink;
 /// The sans-IO TCP/IP stack (smoltcp) between the TUN and Ziti.

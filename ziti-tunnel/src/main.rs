@@ -8,6 +8,7 @@
 //! ```
 
 mod commands;
+mod logging;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,7 +44,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = ziti_tunnel::logging::init(&cli.log_level, cli.log_file.as_deref()) {
+    if let Err(e) = logging::init(&cli.log_level, cli.log_file.as_deref()) {
         eprintln!("zt-tunnel: {e}");
         return ExitCode::FAILURE;
     }

@@ -45,6 +45,19 @@ pub enum TestNetError {
     /// Local I/O failed.
     #[error("io: {0}")]
     Io(String),
+    /// A downloaded or prebuilt file does not match its published checksum.
+    #[error(
+        "checksum mismatch for {file}: expected sha256 {expected}, got {actual}; \
+         the file is corrupt or not the pinned release, replace it"
+    )]
+    ChecksumMismatch {
+        /// The file checked.
+        file: String,
+        /// The published SHA-256.
+        expected: String,
+        /// The SHA-256 of the file.
+        actual: String,
+    },
 }
 
 /// Result alias for this crate.

@@ -32,7 +32,9 @@ pub mod answer;
 pub mod config;
 /// The tokio upstream client (UDP with TCP retry, failover in order).
 pub mod forwarder;
-/// Fuzzing entry points used by `fuzz/` targets and regression tests.
+/// Fuzzing entry points used by `fuzz/` targets and regression tests (not public API).
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
 pub mod fuzz;
 /// Intercepted-name patterns and the name <-> address table.
 pub mod names;
