@@ -156,6 +156,7 @@ pub fn is_reflected_header(id: i32) -> bool {
 /// Fuzz entry point: decodes `data` fed in chunks whose sizes come from the data itself, and
 /// checks that chunked decoding agrees with one-shot decoding. Panics only on a real bug.
 #[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_decode(data: &[u8]) {
     let limits = Limits {
         max_headers_len: 4096,
@@ -181,8 +182,10 @@ pub fn fuzz_decode(data: &[u8]) {
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 type DecodeOutcome = (Vec<Message>, Option<FrameError>);
 
+#[cfg(any(test, feature = "fuzzing"))]
 fn decode_all(limits: Limits, data: &[u8], chunk: usize) -> DecodeOutcome {
     let mut dec = FrameDecoder::new(limits);
     let mut buf = bytes::BytesMut::new();

@@ -61,6 +61,7 @@ pub enum E2eeError {
 /// rest is a sequence of `u16 LE length | ciphertext` messages pulled in order. Must never
 /// panic.
 #[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_pull(data: &[u8]) {
     let Some((header, rest)) = data.split_at_checked(HEADER_BYTES) else {
         let _ = Decryptor::new(&SessionKey::from_bytes([0; 32]), data);

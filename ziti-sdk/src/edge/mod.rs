@@ -267,6 +267,7 @@ pub mod flags {
 /// block with the first two bytes choosing a content type) and runs every edge parser on it.
 /// Must never panic.
 #[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_parse(data: &[u8]) {
     use crate::channel::{FrameDecoder, Headers, Limits, Message};
     let mut buf = bytes::BytesMut::from(data);
