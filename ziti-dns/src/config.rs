@@ -18,6 +18,7 @@ pub enum Upstreams {
 
 /// Invalid configuration.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The server must bind one specific address, never a wildcard.
     #[error(
@@ -28,7 +29,7 @@ pub enum ConfigError {
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
     /// resolv.conf could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     ResolvConf {
         /// The file.
         path: &'static str,

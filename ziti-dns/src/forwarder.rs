@@ -28,6 +28,7 @@ const RECEIVE_ERROR_PAUSE: Duration = Duration::from_millis(10);
 
 /// Why a forwarded query got no usable answer.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ForwardError {
     /// No upstream is configured.
     #[error("no upstream resolver configured")]
@@ -42,7 +43,7 @@ pub enum ForwardError {
 enum AttemptError {
     #[error("timed out")]
     Timeout,
-    #[error("io: {0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     #[error(transparent)]
     Pending(#[from] PendingError),

@@ -19,6 +19,7 @@ const MAX_LABEL_LEN: usize = 63;
 
 /// Why a configured name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum NameError {
     /// Nothing left after trimming.
     #[error("name is empty")]
@@ -42,6 +43,7 @@ pub enum NameError {
 
 /// Errors of the name table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TableError {
     /// The pattern is not a valid name.
     #[error("invalid intercepted name {name:?}: {reason}")]

@@ -12,6 +12,7 @@ use std::str::FromStr;
 
 /// Errors about the address pool.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PoolError {
     /// The prefix leaves no room for the DNS server address plus one name.
     #[error(

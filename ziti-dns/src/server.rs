@@ -30,13 +30,16 @@ const BIND_ATTEMPTS: usize = 16;
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// Why the server could not start or stopped.
+///
+/// Each variant says what failed; `source()` says why.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServerError {
     /// Invalid configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// A listener could not be bound.
-    #[error("cannot bind DNS {proto} listener on {addr}: {source}")]
+    #[error("cannot bind DNS {proto} listener on {addr}")]
     Bind {
         /// "UDP" or "TCP".
         proto: &'static str,
@@ -46,11 +49,11 @@ pub enum ServerError {
         source: io::Error,
     },
     /// The upstream sockets could not be bound.
-    #[error("cannot open upstream sockets: {0}")]
-    Upstream(io::Error),
+    #[error("cannot open upstream sockets")]
+    Upstream(#[source] io::Error),
     /// The UDP socket failed for good.
-    #[error("DNS UDP socket failed: {0}")]
-    Udp(io::Error),
+    #[error("DNS UDP socket failed")]
+    Udp(#[source] io::Error),
 }
 
 /// What every client-serving task shares.

@@ -18,6 +18,7 @@ const ID_ATTEMPTS: usize = 64;
 
 /// Why a query could not be registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PendingError {
     /// The table holds `capacity` queries already.
     #[error("too many upstream queries in flight (limit {0})")]

@@ -33,6 +33,7 @@ const OPCODE_MASK: u16 = 0x7800;
 
 /// Why a packet could not be read far enough.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum WireError {
     /// Shorter than a DNS header.
     #[error("packet shorter than a DNS header")]

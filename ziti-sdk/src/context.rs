@@ -33,6 +33,7 @@ use crate::controller::{
 };
 use crate::e2ee::KeyPair;
 use crate::edge::{DialFailure, Precedence};
+use crate::error_report::error_chain;
 use crate::identity::Identity;
 use crate::router::{
     BindOptions, Binding, DialRequest, EdgeStream, RouterAddr, RouterError, RouterPool,
@@ -89,8 +90,11 @@ pub struct ListenOptions {
     pub identity: Option<String>,
 }
 
-/// Why a dial failed, in terms a person can act on. Every variant names the service.
+/// Why a dial failed, in terms a person can act on. Every variant names the service; where
+/// there is an underlying cause, `source()` gives it (print the chain with
+/// [`error_chain`]).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DialError {
     /// The service does not exist or this identity cannot see it.
     #[error(
@@ -101,12 +105,13 @@ pub enum DialError {
         service: String,
     },
     /// The identity sees the service but may not dial it.
-    #[error("dial {service}: not authorized: {detail}")]
+    #[error("dial {service}: not authorized")]
     NotAuthorized {
         /// Service name.
         service: String,
-        /// What the controller or router said.
-        detail: String,
+        /// Who refused, and their words.
+        #[source]
+        source: DialCause,
     },
     /// Nobody hosts the service right now.
     #[error("dial {service}: no terminators: no host is serving this service right now")]
@@ -123,33 +128,52 @@ pub enum DialError {
         after: Duration,
     },
     /// No edge router could carry the connection.
-    #[error("dial {service}: no edge router available: {detail}")]
+    #[error("dial {service}: no edge router available")]
     NoEdgeRouters {
         /// Service name.
         service: String,
-        /// Details (controller answer or per-router connection errors).
-        detail: String,
+        /// The controller's answer or the routers' connection failures.
+        #[source]
+        source: DialCause,
     },
     /// The controller refused or failed.
-    #[error("dial {service}: controller: {source}")]
+    #[error("dial {service}: controller request failed")]
     Controller {
         /// Service name.
         service: String,
         /// The controller's error.
+        #[source]
         source: ControllerError,
     },
     /// Anything else the router reported.
-    #[error("dial {service}: {reason}")]
+    #[error("dial {service} failed")]
     Failed {
         /// Service name.
         service: String,
-        /// The reason.
-        reason: String,
+        /// What the router said or what went wrong with it.
+        #[source]
+        source: DialCause,
     },
+}
+
+/// The cause under a [`DialError`]: which party said no, with its own error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DialCause {
+    /// The service grants this identity Bind but not Dial.
+    #[error("no Dial policy grants this identity access (it may only bind)")]
+    BindOnly,
+    /// The controller's answer.
+    #[error(transparent)]
+    Controller(ControllerError),
+    /// The edge router's answer or the failure to reach one.
+    #[error(transparent)]
+    Router(RouterError),
 }
 
 /// Why a listen failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ListenError {
     /// The service does not exist or this identity cannot see it.
     #[error("listen {service}: service not found")]
@@ -164,25 +188,36 @@ pub enum ListenError {
         service: String,
     },
     /// The controller refused or failed.
-    #[error("listen {service}: controller: {source}")]
+    #[error("listen {service}: controller request failed")]
     Controller {
         /// Service name.
         service: String,
         /// The controller's error.
+        #[source]
         source: ControllerError,
     },
-    /// No router accepted the bind.
-    #[error("listen {service}: {reason}")]
+    /// The bind session offers no edge router.
+    #[error("listen {service}: the bind session lists no edge routers")]
+    NoEdgeRouters {
+        /// Service name.
+        service: String,
+    },
+    /// No router accepted the bind: `source()` is the first router's failure, `others` the rest.
+    #[error("listen {service}: no edge router accepted the bind ({} tried)", 1 + others.len())]
     Bind {
         /// Service name.
         service: String,
-        /// Per-router failures.
-        reason: String,
+        /// The first router's failure.
+        #[source]
+        source: RouterError,
+        /// The failures of the other routers.
+        others: Vec<RouterError>,
     },
 }
 
 /// Errors creating a context.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ContextError {
     /// The identity file could not be used.
     #[error(transparent)]
@@ -286,7 +321,7 @@ impl ZitiContext {
     ) -> Result<EdgeStream, DialError> {
         let result = self.dial_inner(service, opts).await;
         if let Err(e) = &result {
-            tracing::warn!(service, reason = %e, "dial failed");
+            tracing::warn!(service, reason = %error_chain(e), "dial failed");
         }
         result
     }
@@ -306,16 +341,18 @@ impl ZitiContext {
         if !svc.permissions.dial {
             return Err(DialError::NotAuthorized {
                 service: name.to_string(),
-                detail: "no Dial policy grants this identity access (it may only bind)".into(),
+                source: DialCause::BindOnly,
             });
         }
         let timeout = opts
             .timeout
             .or_else(|| svc.configs.intercept().map(|i| i.connect_timeout()))
             .unwrap_or(self.inner.options.dial_timeout);
-        let mut last_err = None;
         // Two attempts: the second after dropping a cached session or a dead router channel.
-        for _ in 0..2 {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let last_attempt = attempt >= 2;
             let session = self
                 .inner
                 .controller
@@ -330,7 +367,7 @@ impl ZitiContext {
                     .await
                     .map_err(|e| DialError::NoEdgeRouters {
                         service: name.to_string(),
-                        detail: e.to_string(),
+                        source: DialCause::Router(e),
                     })?;
             let req = DialRequest {
                 service: name.to_string(),
@@ -346,18 +383,17 @@ impl ZitiContext {
                     tracing::debug!(service = name, router = conn.name(), "dialed");
                     return Ok(stream);
                 }
-                Err(RouterError::Dial { failure, .. }) => {
-                    if failure.needs_new_session() {
+                Err(e @ RouterError::Dial { .. }) => {
+                    let retry = matches!(&e, RouterError::Dial { failure, .. } if failure.needs_new_session());
+                    if retry {
                         self.inner
                             .controller
                             .invalidate_session(&svc.id, SessionType::Dial);
-                        last_err = Some(DialError::Failed {
-                            service: name.to_string(),
-                            reason: failure.to_string(),
-                        });
-                        continue;
+                        if !last_attempt {
+                            continue;
+                        }
                     }
-                    return Err(map_dial_failure(name, failure, timeout));
+                    return Err(map_dial_failure(name, e, timeout));
                 }
                 Err(RouterError::Timeout { after, .. }) => {
                     return Err(DialError::Timeout {
@@ -366,23 +402,21 @@ impl ZitiContext {
                     });
                 }
                 Err(e @ RouterError::Closed { .. }) => {
-                    last_err = Some(DialError::NoEdgeRouters {
-                        service: name.to_string(),
-                        detail: e.to_string(),
-                    });
+                    if last_attempt {
+                        return Err(DialError::NoEdgeRouters {
+                            service: name.to_string(),
+                            source: DialCause::Router(e),
+                        });
+                    }
                 }
                 Err(e) => {
                     return Err(DialError::Failed {
                         service: name.to_string(),
-                        reason: e.to_string(),
+                        source: DialCause::Router(e),
                     });
                 }
             }
         }
-        Err(last_err.unwrap_or_else(|| DialError::Failed {
-            service: name.to_string(),
-            reason: "dial failed".into(),
-        }))
     }
 
     /// Hosts `service`: returns once at least one edge router has accepted the bind.
@@ -432,7 +466,7 @@ impl ZitiContext {
         };
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
         let routers = router_addrs(&session);
-        let mut first_errors = Vec::new();
+        let mut failures = Vec::new();
         let mut bound_any = false;
         for router in routers {
             let first = match self.bind_on(&router, &svc, &session, &bind_opts).await {
@@ -441,7 +475,8 @@ impl ZitiContext {
                     Some(b)
                 }
                 Err(e) => {
-                    first_errors.push(format!("{}: {e}", router.name));
+                    tracing::debug!(service = name, router = %router.name, error = %error_chain(&e), "bind failed");
+                    failures.push(e);
                     None
                 }
             };
@@ -455,12 +490,15 @@ impl ZitiContext {
             ));
         }
         if !bound_any {
-            return Err(ListenError::Bind {
-                service: name.to_string(),
-                reason: if first_errors.is_empty() {
-                    "the bind session lists no edge routers".into()
-                } else {
-                    first_errors.join("; ")
+            let mut failures = failures.into_iter();
+            return Err(match failures.next() {
+                Some(source) => ListenError::Bind {
+                    service: name.to_string(),
+                    source,
+                    others: failures.collect(),
+                },
+                None => ListenError::NoEdgeRouters {
+                    service: name.to_string(),
                 },
             });
         }
@@ -499,7 +537,7 @@ async fn supervise_binding(
             match serve_binding(binding, &accepted).await {
                 ServeEnd::ListenerDropped => return,
                 ServeEnd::Lost(e) => {
-                    tracing::warn!(service = %svc.name, router = %router.name, reason = %e, "binding lost; re-binding");
+                    tracing::warn!(service = %svc.name, router = %router.name, reason = %error_chain(&e), "binding lost; re-binding");
                 }
             }
         }
@@ -517,7 +555,7 @@ async fn supervise_binding(
         {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!(service = %svc.name, error = %e, "bind session unavailable");
+                tracing::debug!(service = %svc.name, error = %error_chain(&e), "bind session unavailable");
                 continue;
             }
         };
@@ -527,7 +565,7 @@ async fn supervise_binding(
                 current = Some(b);
             }
             Err(e) => {
-                tracing::debug!(service = %svc.name, router = %router.name, error = %e, "re-bind failed")
+                tracing::debug!(service = %svc.name, router = %router.name, error = %error_chain(&e), "re-bind failed")
             }
         }
     }
@@ -570,7 +608,7 @@ async fn serve_binding(mut binding: Binding, accepted: &mpsc::Sender<EdgeStream>
                 Ok(stream) => {
                     permit.send(stream);
                 }
-                Err(e) => tracing::warn!(error = %e, "accepting a dial failed"),
+                Err(e) => tracing::warn!(error = %error_chain(&e), "accepting a dial failed"),
             }
         });
     }
@@ -617,24 +655,31 @@ fn map_session_error(service: &str, e: ControllerError) -> DialError {
         ApiErrorCode::NotFound => DialError::ServiceNotFound { service },
         ApiErrorCode::CouldNotValidate | ApiErrorCode::Unauthorized => DialError::NotAuthorized {
             service,
-            detail: e.to_string(),
+            source: DialCause::Controller(e),
         },
         ApiErrorCode::NoEdgeRoutersAvailable => DialError::NoEdgeRouters {
             service,
-            detail: e.to_string(),
+            source: DialCause::Controller(e),
         },
         _ => DialError::Controller { service, source: e },
     }
 }
 
-fn map_dial_failure(service: &str, failure: DialFailure, timeout: Duration) -> DialError {
+/// Maps a router's refusal ([`RouterError::Dial`]) to what it means for the caller.
+fn map_dial_failure(service: &str, e: RouterError, timeout: Duration) -> DialError {
     let service = service.to_string();
+    let RouterError::Dial { failure, .. } = &e else {
+        return DialError::Failed {
+            service,
+            source: DialCause::Router(e),
+        };
+    };
     match failure {
         DialFailure::NoTerminators(_) => DialError::NoTerminators { service },
         DialFailure::NotAuthorized(_) | DialFailure::PostureCheckFailed => {
             DialError::NotAuthorized {
                 service,
-                detail: failure.to_string(),
+                source: DialCause::Router(e),
             }
         }
         DialFailure::ServiceNotFound => DialError::ServiceNotFound { service },
@@ -642,9 +687,9 @@ fn map_dial_failure(service: &str, failure: DialFailure, timeout: Duration) -> D
             service,
             after: timeout,
         },
-        other => DialError::Failed {
+        _ => DialError::Failed {
             service,
-            reason: other.to_string(),
+            source: DialCause::Router(e),
         },
     }
 }

@@ -7,6 +7,8 @@
 // ---- public API ----
 /// [`ZitiContext`]: authenticate an identity, `dial` services, `listen` to host them.
 pub mod context;
+/// Printing error chains (`a: b: c`) and finding typed causes in them.
+pub mod error_report;
 
 // ---- control plane ----
 /// Controller Edge Client API: HTTP client, authentication (OIDC and legacy), error envelope.
@@ -27,14 +29,18 @@ pub mod channel;
 pub mod e2ee;
 /// Edge messages (Connect, Data, StateClosed, Bind, Dial, ...) and per-connection state.
 pub mod edge;
+/// SDK xgress mode (header 1028): per-circuit windows, acknowledgements and retransmission.
+pub mod xgress;
 
 // ---- data plane: tokio drivers ----
 /// Router connections: TLS, hello, multiplexing edge connections, dial and bind.
 pub mod router;
 
 pub use context::{
-    ContextOptions, DialError, DialOptions, ListenError, ListenOptions, ZitiContext, ZitiListener,
+    ContextOptions, DialCause, DialError, DialOptions, ListenError, ListenOptions, ZitiContext,
+    ZitiListener,
 };
+pub use error_report::{ErrorChain, error_chain};
 pub use identity::Identity;
 pub use router::EdgeStream;
 

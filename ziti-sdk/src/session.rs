@@ -168,7 +168,10 @@ impl SessionCache {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, v: Value) -> Result<T, ControllerError> {
-    serde_json::from_value(v).map_err(|e| ControllerError::Protocol(format!("{what}: {e}")))
+    serde_json::from_value(v).map_err(|source| ControllerError::Decode {
+        what: what.to_string(),
+        source,
+    })
 }
 
 impl Controller {

@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use tokio::io::AsyncWriteExt;
 use ziti_sdk::enroll::{EnrollKeyType, EnrollOptions, enroll_to_file};
 use ziti_sdk::services::{InterceptAddress, Service};
-use ziti_sdk::{ContextOptions, Identity, ZitiContext};
+use ziti_sdk::{ContextOptions, Identity, ZitiContext, error_chain};
 
 /// Key algorithm for a new identity.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -261,7 +261,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 identities.push(TunnelIdentity { name, context });
             }
             Err(e) => {
-                tracing::error!(file = %file.display(), error = %e, "cannot load identity; skipping it")
+                tracing::error!(file = %file.display(), error = %error_chain(&e), "cannot load identity; skipping it")
             }
         }
     }

@@ -8,9 +8,10 @@ use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoggingError {
     /// The log file could not be opened.
-    #[error("cannot open log file {path}: {source}")]
+    #[error("cannot open log file {path}")]
     File {
         /// The path given.
         path: String,

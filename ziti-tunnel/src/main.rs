@@ -45,7 +45,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = logging::init(&cli.log_level, cli.log_file.as_deref()) {
-        eprintln!("zt-tunnel: {e}");
+        eprintln!("zt-tunnel: {}", ziti_sdk::error_chain(&e));
         return ExitCode::FAILURE;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

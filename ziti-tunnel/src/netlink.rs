@@ -7,12 +7,13 @@ use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 /// Errors of netlink calls.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NetlinkError {
     /// The netlink socket could not be opened.
-    #[error("cannot open a netlink socket: {0}")]
+    #[error("cannot open a netlink socket")]
     Open(#[source] std::io::Error),
     /// The kernel refused a request.
-    #[error("{what}: {source}")]
+    #[error("cannot {what}")]
     Request {
         /// What was asked.
         what: String,

@@ -101,6 +101,7 @@ pub struct Datagram {
 
 /// Errors of flow operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FlowError {
     /// The flow is gone (closed and removed, or never existed).
     #[error("unknown flow")]

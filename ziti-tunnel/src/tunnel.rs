@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use ziti_dns::{DnsConfig, DnsServer, DnsTable, Ipv4Cidr, RunningServer, Upstreams};
 use ziti_sdk::context::DialOptions;
 use ziti_sdk::services::{HostV1, Precedence, Protocol};
-use ziti_sdk::{Service, ServiceEvent, ZitiContext};
+use ziti_sdk::{Service, ServiceEvent, ZitiContext, error_chain};
 
 use crate::intercept::{InterceptTable, TableChange};
 use crate::netlink::{Netlink, NetlinkError};
@@ -78,10 +78,13 @@ impl Default for TunnelConfig {
 }
 
 /// Why a tunnel could not start or stopped.
+///
+/// Each variant says what failed; `source()` says why.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TunnelError {
     /// The TUN device could not be created.
-    #[error("cannot create TUN device {name}: {source} (needs CAP_NET_ADMIN and /dev/net/tun)")]
+    #[error("cannot create TUN device {name} (needs CAP_NET_ADMIN and /dev/net/tun)")]
     Tun {
         /// Device name.
         name: String,
@@ -90,13 +93,13 @@ pub enum TunnelError {
         source: std::io::Error,
     },
     /// Reading or writing the TUN failed.
-    #[error("TUN device I/O: {0}")]
+    #[error("TUN device I/O failed")]
     TunIo(#[source] std::io::Error),
     /// Routing setup failed.
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
     /// The DNS server could not start.
-    #[error("DNS server: {0}")]
+    #[error("cannot run the DNS server")]
     Dns(#[from] ziti_dns::ServerError),
     /// No identity to run with.
     #[error("no identities: give at least one identity file or a directory holding some")]
@@ -320,7 +323,7 @@ impl Driver {
                 {
                     return Err(TunnelError::TunIo(e));
                 }
-                tracing::debug!(error = %e, "dropped a packet the TUN refused");
+                tracing::debug!(error = %error_chain(&e), "dropped a packet the TUN refused");
             }
         }
         Ok(())
@@ -518,7 +521,7 @@ impl Driver {
     async fn sync_names_and_routes(&mut self) {
         let names = self.table.hostnames();
         if let Err(e) = self.dns_table.set_names(&names) {
-            tracing::warn!(error = %e, "cannot update the DNS names");
+            tracing::warn!(error = %error_chain(&e), "cannot update the DNS names");
         }
         let wanted = self.table.ip_routes();
         for (net, prefix) in self.routes.difference(&wanted) {
@@ -527,7 +530,7 @@ impl Driver {
                 .remove_route(*net, *prefix, self.if_index)
                 .await
             {
-                tracing::debug!(error = %e, "route removal");
+                tracing::debug!(error = %error_chain(&e), "route removal");
             }
         }
         let mut installed = BTreeSet::new();
@@ -541,7 +544,9 @@ impl Driver {
                 Ok(()) => {
                     installed.insert((*net, *prefix));
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot route an intercepted address"),
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e), "cannot route an intercepted address")
+                }
             }
         }
         self.routes = installed;
@@ -621,7 +626,7 @@ async fn relay_flow(
     };
     let (u, d) = tokio::join!(upload, download);
     if let Err(e) = u.and(d) {
-        tracing::debug!(service, error = %e, "flow ended with an error");
+        tracing::debug!(service, error = %error_chain(&e), "flow ended with an error");
         let _ = down.send(Down::Abort).await;
         notify.notify_one();
     }
@@ -754,7 +759,7 @@ async fn host_service(ctx: ZitiContext, service: String, t: HostV1, addr: String
     let mut listener = match ctx.listen_with(&service, &opts).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::warn!(service, error = %e, "cannot host service");
+            tracing::warn!(service, error = %error_chain(&e), "cannot host service");
             return;
         }
     };
@@ -767,11 +772,11 @@ async fn host_service(ctx: ZitiContext, service: String, t: HostV1, addr: String
                 Ok(mut tcp) => {
                     let _ = tcp.set_nodelay(true);
                     if let Err(e) = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await {
-                        tracing::debug!(service, error = %e, "hosted connection ended with an error");
+                        tracing::debug!(service, error = %error_chain(&e), "hosted connection ended with an error");
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(service, target = %format!("{}:{}", target.0, target.1), error = %e, "cannot reach the hosted server");
+                    tracing::warn!(service, target = %format!("{}:{}", target.0, target.1), error = %error_chain(&e), "cannot reach the hosted server");
                 }
             }
         });

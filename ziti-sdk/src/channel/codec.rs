@@ -143,6 +143,7 @@ impl Default for Limits {
 /// A frame that cannot be decoded. All of these are fatal for the connection: the byte stream
 /// can no longer be trusted to be aligned on frame boundaries.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The first four bytes are not a known channel magic.
     #[error("not a channel V2 frame (magic {0:02x?})")]
@@ -176,7 +177,7 @@ pub enum FrameError {
         max: usize,
     },
     /// The header block is malformed.
-    #[error("malformed header block: {0}")]
+    #[error("malformed header block")]
     Headers(#[from] HeaderBlockError),
 }
 

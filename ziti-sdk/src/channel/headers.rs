@@ -16,6 +16,7 @@ pub const MAX_COLLECTION_ITEM_LEN: usize = 8192;
 
 /// A header value that is present but cannot be decoded as the requested collection type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HeaderValueError {
     /// The value ends before a length prefix or an item it announces.
     #[error("header value truncated")]
@@ -317,6 +318,7 @@ impl Headers {
 
 /// Why a header block could not be parsed. Carried inside [`super::FrameError`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HeaderBlockError {
     /// An entry (its 8-byte prefix or its value) runs past the end of the block.
     #[error("header block truncated at offset {offset}")]

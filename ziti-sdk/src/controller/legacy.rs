@@ -23,8 +23,10 @@ fn parse(
     headers: &reqwest::header::HeaderMap,
     body: &[u8],
 ) -> Result<LegacyAnswer, ControllerError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ControllerError::Protocol(format!("api session answer is not JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(body).map_err(|source| ControllerError::Decode {
+        what: "the API session answer".into(),
+        source,
+    })?;
     let data = v.get("data").unwrap_or(&Value::Null);
     let token = headers
         .get(ZT_SESSION)

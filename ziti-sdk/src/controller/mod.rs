@@ -34,6 +34,7 @@ pub use http::Unreachable;
 pub(crate) use http::{client as http_client, read_body};
 pub use version::VersionInfo;
 
+use crate::error_report::error_chain;
 use crate::identity::{Identity, IdentityError, controller_root};
 use auth::AuthSession;
 
@@ -96,14 +97,14 @@ pub enum ControllerError {
     /// The controller answered with an error.
     #[error("{0}")]
     Api(ApiError),
-    /// Authentication failed.
-    #[error("{kind} authentication failed: {source}")]
+    /// Authentication failed. The text includes the whole cause (typically the controller's
+    /// [`ApiError`], see [`ControllerError::api_error`]), so there is no `source()`.
+    #[error("{kind} authentication failed: {}", crate::error_report::error_chain(cause.as_ref()))]
     Authentication {
         /// `OIDC` or `legacy`.
         kind: &'static str,
         /// What went wrong.
-        #[source]
-        source: Box<ControllerError>,
+        cause: Box<ControllerError>,
     },
     /// The identity needs a TOTP code, which this SDK cannot provide yet.
     #[error("this identity requires MFA (TOTP), which is not supported yet")]
@@ -111,11 +112,29 @@ pub enum ControllerError {
     /// The controller answered something we did not expect.
     #[error("unexpected controller answer: {0}")]
     Protocol(String),
+    /// An answer could not be decoded.
+    #[error("unexpected controller answer to {what}")]
+    Decode {
+        /// The request or document, e.g. `GET services`.
+        what: String,
+        /// The decoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A URL built from the controller's address or answers is invalid.
+    #[error("invalid controller URL `{url}`")]
+    Url {
+        /// The text that should have been a URL.
+        url: String,
+        /// The parser's error.
+        #[source]
+        source: url::ParseError,
+    },
     /// The identity's TLS material is unusable.
     #[error(transparent)]
     Identity(#[from] IdentityError),
     /// HTTP client construction failed.
-    #[error("HTTP client setup failed: {0}")]
+    #[error("HTTP client setup failed")]
     Http(#[source] reqwest::Error),
 }
 
@@ -125,7 +144,7 @@ impl ControllerError {
     pub fn api_error(&self) -> Option<&ApiError> {
         match self {
             Self::Api(e) => Some(e),
-            Self::Authentication { source, .. } => source.api_error(),
+            Self::Authentication { cause, .. } => cause.api_error(),
             _ => None,
         }
     }
@@ -186,7 +205,7 @@ pub(crate) fn api_join(api: &Url, rel: &str) -> Result<Url, ControllerError> {
         api.as_str().trim_end_matches('/'),
         rel.trim_start_matches('/')
     );
-    Url::parse(&s).map_err(|e| ControllerError::Protocol(format!("bad URL {s}: {e}")))
+    Url::parse(&s).map_err(|source| ControllerError::Url { url: s, source })
 }
 
 impl Controller {
@@ -227,7 +246,7 @@ impl Controller {
                     return Ok(Self { inner });
                 }
                 Err(e) => {
-                    tracing::debug!(controller = %api, error = %e, "controller not usable");
+                    tracing::debug!(controller = %api, error = %error_chain(&e), "controller not usable");
                     first_err.get_or_insert(e);
                 }
             }
@@ -364,7 +383,7 @@ impl Controller {
             // Unreachable: keep the old session, the caller backs off and retries.
             Err(e @ ControllerError::Unreachable(_)) => return Err(e),
             Err(e) => {
-                tracing::info!(error = %e, "API session refresh rejected; logging in again");
+                tracing::info!(error = %error_chain(&e), "API session refresh rejected; logging in again");
                 let fresh = self.login().await?;
                 self.inner.sessions.clear();
                 fresh
@@ -407,7 +426,7 @@ fn wrap_auth(kind: &'static str, e: ControllerError) -> ControllerError {
         e @ (ControllerError::Unreachable(_) | ControllerError::MfaRequired) => e,
         e => ControllerError::Authentication {
             kind,
-            source: Box::new(e),
+            cause: Box::new(e),
         },
     }
 }
@@ -444,7 +463,7 @@ async fn refresh_loop(weak: Weak<Inner>) {
             Ok(_) => failures = 0,
             Err(e) => {
                 failures = failures.saturating_add(1);
-                tracing::warn!(error = %e, failures, "API session refresh failed");
+                tracing::warn!(error = %error_chain(&e), failures, "API session refresh failed");
             }
         }
     }

@@ -47,8 +47,10 @@ fn location(resp: &reqwest::Response, base: &Url, step: &str) -> Result<Url, Con
         .get(reqwest::header::LOCATION)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| protocol(step, "redirect without Location header"))?;
-    base.join(loc)
-        .map_err(|e| protocol(step, format!("bad Location `{loc}`: {e}")))
+    base.join(loc).map_err(|source| ControllerError::Url {
+        url: format!("{loc} (OIDC {step} redirect)"),
+        source,
+    })
 }
 
 async fn error_from(url: &Url, resp: reqwest::Response) -> ControllerError {
@@ -65,7 +67,12 @@ pub(crate) async fn login(
     root: &Url,
     config_types: &[String],
 ) -> Result<TokenResponse, ControllerError> {
-    let join = |p: &str| root.join(p).map_err(|e| protocol("url", e));
+    let join = |p: &str| {
+        root.join(p).map_err(|source| ControllerError::Url {
+            url: format!("{root}{p}"),
+            source,
+        })
+    };
     let verifier = random_b64(32);
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
     let state = random_b64(16);
@@ -201,7 +208,10 @@ async fn token_request(
 ) -> Result<TokenResponse, ControllerError> {
     let url = root
         .join("oidc/oauth/token")
-        .map_err(|e| protocol("url", e))?;
+        .map_err(|source| ControllerError::Url {
+            url: format!("{root}oidc/oauth/token"),
+            source,
+        })?;
     let resp = http
         .post(url.clone())
         .header(
@@ -216,7 +226,10 @@ async fn token_request(
         return Err(error_from(&url, resp).await);
     }
     let body = super::read_body(&url, resp).await?;
-    serde_json::from_slice(&body).map_err(|e| protocol("token", format!("bad token response: {e}")))
+    serde_json::from_slice(&body).map_err(|source| ControllerError::Decode {
+        what: "the OIDC token response".into(),
+        source,
+    })
 }
 
 /// Claims of a JWT without verifying it (the token came from our controller over mTLS).

@@ -71,8 +71,11 @@ impl Controller {
         rel: &str,
     ) -> Result<(T, Value), ControllerError> {
         let body = self.request(reqwest::Method::GET, rel, None).await?;
-        let env: Envelope<T> = serde_json::from_slice(&body)
-            .map_err(|e| ControllerError::Protocol(format!("GET {rel}: {e}")))?;
+        let env: Envelope<T> =
+            serde_json::from_slice(&body).map_err(|source| ControllerError::Decode {
+                what: format!("GET {rel}"),
+                source,
+            })?;
         Ok((env.data, env.meta))
     }
 
@@ -122,8 +125,11 @@ impl Controller {
         body: &Value,
     ) -> Result<T, ControllerError> {
         let bytes = self.request(reqwest::Method::POST, rel, Some(body)).await?;
-        let env: Envelope<T> = serde_json::from_slice(&bytes)
-            .map_err(|e| ControllerError::Protocol(format!("POST {rel}: {e}")))?;
+        let env: Envelope<T> =
+            serde_json::from_slice(&bytes).map_err(|source| ControllerError::Decode {
+                what: format!("POST {rel}"),
+                source,
+            })?;
         Ok(env.data)
     }
 }

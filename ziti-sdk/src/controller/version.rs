@@ -74,7 +74,10 @@ pub(crate) async fn fetch(
     }
     serde_json::from_slice::<Env>(&body)
         .map(|e| e.data)
-        .map_err(|e| ControllerError::Protocol(format!("/version: {e}")))
+        .map_err(|source| ControllerError::Decode {
+            what: "GET version".into(),
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ pub use stream::{ABYTES, Decryptor, Encryptor, HEADER_BYTES, StreamTag};
 
 /// Errors of the end-to-end encryption layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum E2eeError {
     /// A public key (header 1003) that is not 32 bytes.
     #[error("peer public key must be 32 bytes, got {0}")]

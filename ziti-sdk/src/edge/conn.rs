@@ -15,7 +15,7 @@ use super::error::{DialFailure, StructuredError};
 use super::messages::{self, ConnectRequest};
 use super::parse::{Data, EdgeError, StateClosed, StateConnected, split_multipart};
 use crate::channel::Message;
-use crate::e2ee::{Decryptor, E2eeError, Encryptor, KeyPair, PublicKey, SessionKey};
+use crate::e2ee::{Decryptor, E2eeError, Encryptor, HEADER_BYTES, KeyPair, PublicKey, SessionKey};
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,9 +66,10 @@ pub enum ConnEvent {
 
 /// Misuse or protocol violations; after an error from `handle` the connection is closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnError {
     /// End-to-end encryption failed (bad header, bad ciphertext, weak key).
-    #[error("end-to-end encryption: {0}")]
+    #[error("end-to-end encryption failed")]
     Crypto(#[from] E2eeError),
     /// We use end-to-end encryption but the peer sent no public key.
     #[error("peer did not send an end-to-end encryption key")]
@@ -105,6 +106,8 @@ pub struct EdgeConn {
     state: ConnState,
     crypto: Crypto,
     pending_header: Option<Message>,
+    /// The secretstream header to use when encryption starts (`None`: a random one).
+    header_seed: Option<[u8; HEADER_BYTES]>,
 }
 
 impl std::fmt::Debug for EdgeConn {
@@ -131,7 +134,30 @@ impl EdgeConn {
             state: ConnState::Connecting,
             crypto,
             pending_header: None,
+            header_seed: None,
         }
+    }
+
+    /// Like [`EdgeConn::dial`], with the randomness given: `keypair` (for an encrypted
+    /// service) and the secretstream `header` our direction will start with.
+    pub fn dial_with(conn_id: u32, keypair: Option<KeyPair>, header: [u8; HEADER_BYTES]) -> Self {
+        Self {
+            conn_id,
+            state: ConnState::Connecting,
+            crypto: keypair.map_or(Crypto::Plain, Crypto::AwaitingPeerKey),
+            pending_header: None,
+            header_seed: Some(header),
+        }
+    }
+
+    /// Like [`EdgeConn::accept`], with the secretstream `header` given.
+    pub fn accept_with(
+        conn_id: u32,
+        host_key: Option<&KeyPair>,
+        dialer_key: Option<&PublicKey>,
+        header: [u8; HEADER_BYTES],
+    ) -> Result<Self, ConnError> {
+        Self::accept_inner(conn_id, host_key, dialer_key, Some(header))
     }
 
     /// A connection accepted on a bind (after a Dial). `host_key` is the bind's kx server key
@@ -143,11 +169,21 @@ impl EdgeConn {
         host_key: Option<&KeyPair>,
         dialer_key: Option<&PublicKey>,
     ) -> Result<Self, ConnError> {
+        Self::accept_inner(conn_id, host_key, dialer_key, None)
+    }
+
+    fn accept_inner(
+        conn_id: u32,
+        host_key: Option<&KeyPair>,
+        dialer_key: Option<&PublicKey>,
+        header_seed: Option<[u8; HEADER_BYTES]>,
+    ) -> Result<Self, ConnError> {
         let mut conn = Self {
             conn_id,
             state: ConnState::Connected,
             crypto: Crypto::Plain,
             pending_header: None,
+            header_seed,
         };
         if let Some(kp) = host_key {
             let peer = dialer_key.ok_or(ConnError::MissingPeerKey)?;
@@ -194,7 +230,10 @@ impl EdgeConn {
     }
 
     fn start_crypto(&mut self, tx: SessionKey, rx: SessionKey) {
-        let (enc, header) = Encryptor::new(&tx);
+        let (enc, header) = match self.header_seed {
+            Some(h) => (Encryptor::with_fixed_header(&tx, h), h),
+            None => Encryptor::new(&tx),
+        };
         self.pending_header = Some(messages::data(
             self.conn_id,
             Bytes::copy_from_slice(&header),

@@ -128,6 +128,7 @@ pub enum EncryptionSide {
 /// Why a dial failed, classified from the StateClosed reply (text body on v2.0.x routers,
 /// structured code on newer ones) or from the absence of a reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DialFailure {
     /// The service has no (online) terminator: nobody is hosting it right now.
     NoTerminators(String),
@@ -239,7 +240,7 @@ impl fmt::Display for DialFailure {
             }
             Self::PostureCheckFailed => f.write_str("posture check failed"),
             Self::Timeout => f.write_str("dial timed out waiting for the edge router"),
-            Self::Other(t) => write!(f, "dial failed: {t}"),
+            Self::Other(t) => f.write_str(t),
         }
     }
 }

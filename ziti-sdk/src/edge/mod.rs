@@ -45,11 +45,17 @@
 //! # Ok::<(), edge::EdgeError>(())
 //! ```
 
+/// One router connection as a sans-IO state machine.
+pub mod channel;
 mod conn;
 mod error;
 mod messages;
 mod parse;
 
+pub use channel::{
+    BindParams, Channel, ChannelClosed, ChannelConfig, ConnClosed, DialParams, Event, OpenError,
+    Recv, SendError,
+};
 pub use conn::{CloseReason, ConnError, ConnEvent, ConnIdAllocator, ConnState, EdgeConn};
 pub use error::{DialFailure, ErrorCode, RetryHint, StructuredError};
 pub use messages::{

@@ -9,6 +9,7 @@ use crate::e2ee::{E2eeError, PublicKey};
 
 /// A received edge message that cannot be interpreted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EdgeError {
     /// The content type is not the one the parser handles.
     #[error("expected edge content type {expected}, got {got}")]
@@ -27,7 +28,7 @@ pub enum EdgeError {
         header: i32,
     },
     /// The public key header (1003) is malformed.
-    #[error("bad public key header: {0}")]
+    #[error("bad public key header")]
     BadPublicKey(#[from] E2eeError),
     /// A MULTIPART_MSG body whose framing is broken.
     #[error("malformed multipart body: {0}")]

@@ -10,13 +10,21 @@ use rustls_pki_types::CertificateDer;
 
 /// Why a CA bundle could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CaCertsError {
     /// The body is not base64.
-    #[error("CA bundle is not base64: {0}")]
-    Base64(String),
-    /// The body is not a PKCS#7 certs-only structure.
-    #[error("CA bundle is not a PKCS#7 certificate list: {0}")]
-    Pkcs7(String),
+    #[error("CA bundle is not base64")]
+    Base64(#[source] base64::DecodeError),
+    /// The body is not a PKCS#7 certs-only structure: `source()` is the DER decoder's error,
+    /// `fallback` why the lenient fallback parser refused it too.
+    #[error("CA bundle is not a PKCS#7 certificate list (fallback parser: {fallback})")]
+    Pkcs7 {
+        /// The `cms`/`der` decoder's error.
+        #[source]
+        source: der::Error,
+        /// The fallback parser's reason.
+        fallback: String,
+    },
     /// A well-formed bundle without certificates.
     #[error("the controller returned an empty CA bundle")]
     Empty,
@@ -29,9 +37,7 @@ pub fn parse_cacerts_body(body: &[u8]) -> Result<Vec<CertificateDer<'static>>, C
         .copied()
         .filter(|b| !b.is_ascii_whitespace())
         .collect();
-    let der = STANDARD
-        .decode(&compact)
-        .map_err(|e| CaCertsError::Base64(e.to_string()))?;
+    let der = STANDARD.decode(&compact).map_err(CaCertsError::Base64)?;
     parse_pkcs7_certs(&der)
 }
 
@@ -39,8 +45,10 @@ pub fn parse_cacerts_body(body: &[u8]) -> Result<Vec<CertificateDer<'static>>, C
 pub fn parse_pkcs7_certs(der: &[u8]) -> Result<Vec<CertificateDer<'static>>, CaCertsError> {
     let certs = match parse_with_cms(der) {
         Ok(c) => c,
-        Err(cms_err) => walk::certificates(der)
-            .map_err(|walk_err| CaCertsError::Pkcs7(format!("{cms_err}; {walk_err}")))?,
+        Err(cms_err) => walk::certificates(der).map_err(|fallback| CaCertsError::Pkcs7 {
+            source: cms_err,
+            fallback,
+        })?,
     };
     if certs.is_empty() {
         return Err(CaCertsError::Empty);
@@ -48,18 +56,16 @@ pub fn parse_pkcs7_certs(der: &[u8]) -> Result<Vec<CertificateDer<'static>>, CaC
     Ok(certs)
 }
 
-fn parse_with_cms(der: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+fn parse_with_cms(der: &[u8]) -> Result<Vec<CertificateDer<'static>>, der::Error> {
     use cms::cert::CertificateChoices;
     use cms::content_info::ContentInfo;
     use cms::signed_data::SignedData;
-    let ci = ContentInfo::from_der(der).map_err(|e| e.to_string())?;
-    let sd: SignedData = ci.content.decode_as().map_err(|e| e.to_string())?;
+    let ci = ContentInfo::from_der(der)?;
+    let sd: SignedData = ci.content.decode_as()?;
     let mut out = Vec::new();
     for choice in sd.certificates.iter().flat_map(|set| set.0.iter()) {
         if let CertificateChoices::Certificate(cert) = choice {
-            out.push(CertificateDer::from(
-                cert.to_der().map_err(|e| e.to_string())?,
-            ));
+            out.push(CertificateDer::from(cert.to_der()?));
         }
     }
     Ok(out)
@@ -247,7 +253,7 @@ mod tests {
         ));
         assert!(matches!(
             parse_cacerts_body(STANDARD.encode(b"hello").as_bytes()),
-            Err(CaCertsError::Pkcs7(_))
+            Err(CaCertsError::Pkcs7 { .. })
         ));
         assert_eq!(
             parse_pkcs7_certs(&degenerate(&[])),

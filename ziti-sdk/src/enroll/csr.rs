@@ -17,6 +17,27 @@ pub enum EnrollKeyType {
     Rsa4096,
 }
 
+/// Why the identity's key or its certificate request could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyGenError {
+    /// RSA key generation failed.
+    #[error("RSA key generation failed")]
+    Rsa(#[source] rsa::Error),
+    /// The RSA key could not be encoded as PKCS#8.
+    #[error("RSA key encoding failed")]
+    RsaEncoding(#[source] rsa::pkcs8::Error),
+    /// rcgen could not create or load the key.
+    #[error("key generation failed")]
+    Key(#[source] rcgen::Error),
+    /// The certificate request could not be built or encoded.
+    #[error("certificate request encoding failed")]
+    Csr(#[source] rcgen::Error),
+    /// The blocking task generating the key panicked or was cancelled.
+    #[error("key generation task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
 /// A generated private key: PKCS#8 PEM plus an rcgen handle for signing the CSR.
 pub(crate) struct GeneratedKey {
     pub pem: String,
@@ -24,7 +45,7 @@ pub(crate) struct GeneratedKey {
 }
 
 /// Generates a key. RSA generation takes a while; call it from a blocking thread.
-pub(crate) fn generate(kind: EnrollKeyType) -> Result<GeneratedKey, String> {
+pub(crate) fn generate(kind: EnrollKeyType) -> Result<GeneratedKey, KeyGenError> {
     let pair = match kind {
         EnrollKeyType::EcP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
         EnrollKeyType::EcP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
@@ -36,15 +57,15 @@ pub(crate) fn generate(kind: EnrollKeyType) -> Result<GeneratedKey, String> {
             } else {
                 4096
             };
-            let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, bits)
-                .map_err(|e| format!("RSA key generation failed: {e}"))?;
+            let key =
+                rsa::RsaPrivateKey::new(&mut rand_core::OsRng, bits).map_err(KeyGenError::Rsa)?;
             let pem = key
                 .to_pkcs8_pem(LineEnding::LF)
-                .map_err(|e| format!("RSA key encoding failed: {e}"))?;
+                .map_err(KeyGenError::RsaEncoding)?;
             KeyPair::from_pem(&pem)
         }
     }
-    .map_err(|e| format!("key generation failed: {e}"))?;
+    .map_err(KeyGenError::Key)?;
     Ok(GeneratedKey {
         pem: pair.serialize_pem(),
         pair,
@@ -53,8 +74,8 @@ pub(crate) fn generate(kind: EnrollKeyType) -> Result<GeneratedKey, String> {
 
 /// A PEM CSR with subject `O=OpenZiti, CN=<common_name>` (the controller keeps the subject and adds
 /// its own SPIFFE SAN).
-pub(crate) fn csr_pem(key: &KeyPair, common_name: &str) -> Result<String, String> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+pub(crate) fn csr_pem(key: &KeyPair, common_name: &str) -> Result<String, KeyGenError> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(KeyGenError::Csr)?;
     params
         .distinguished_name
         .push(DnType::OrganizationName, "OpenZiti");
@@ -64,7 +85,7 @@ pub(crate) fn csr_pem(key: &KeyPair, common_name: &str) -> Result<String, String
     params
         .serialize_request(key)
         .and_then(|csr| csr.pem())
-        .map_err(|e| format!("CSR encoding failed: {e}"))
+        .map_err(KeyGenError::Csr)
 }
 
 #[cfg(test)]

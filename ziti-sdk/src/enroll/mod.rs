@@ -31,7 +31,7 @@ use rustls_pki_types::CertificateDer;
 use url::Url;
 
 pub use cacerts::{CaCertsError, certs_to_pem, parse_cacerts_body, parse_pkcs7_certs};
-pub use csr::EnrollKeyType;
+pub use csr::{EnrollKeyType, KeyGenError};
 pub use jwt::{EnrollmentClaims, EnrollmentToken, JwtError, JwtHeader};
 
 use crate::controller::{ApiError, ApiErrorCode, Unreachable};
@@ -77,7 +77,7 @@ impl EnrollOptions {
 #[non_exhaustive]
 pub enum EnrollError {
     /// The JWT could not be parsed.
-    #[error("invalid enrollment token: {0}")]
+    #[error("invalid enrollment token")]
     InvalidToken(#[source] JwtError),
     /// The token is past its `exp` (checked locally or reported by the controller).
     #[error("enrollment token expired {detail}; ask your administrator for a new one")]
@@ -91,9 +91,10 @@ pub enum EnrollError {
     /// Only `ott` enrollment is implemented.
     #[error("enrollment method `{0}` is not supported (only `ott`)")]
     UnsupportedMethod(String),
-    /// The token's signature does not match the certificate served at its issuer URL.
-    #[error("refusing to enroll: {0}")]
-    Untrusted(#[source] JwtError),
+    /// The token's signature does not match the certificate served at its issuer URL. The text
+    /// includes the whole cause, so there is no `source()`.
+    #[error("refusing to enroll: {}", crate::error_report::error_chain(.0))]
+    Untrusted(JwtError),
     /// The issuer URL is unusable.
     #[error("invalid issuer URL `{0}` in enrollment token")]
     BadIssuer(String),
@@ -107,10 +108,10 @@ pub enum EnrollError {
     #[error(transparent)]
     CaBundle(#[from] CaCertsError),
     /// Key or CSR generation failed.
-    #[error("{0}")]
-    KeyGeneration(String),
+    #[error("cannot create the identity's key or certificate request")]
+    KeyGeneration(#[from] KeyGenError),
     /// Any other error answer from the controller.
-    #[error("enrollment failed: {0}")]
+    #[error("enrollment failed")]
     Controller(#[source] ApiError),
     /// The controller's answer was not a certificate.
     #[error("unexpected enrollment response: {0}")]
@@ -119,10 +120,10 @@ pub enum EnrollError {
     #[error(transparent)]
     Identity(#[from] IdentityError),
     /// A TLS configuration could not be built.
-    #[error("TLS setup failed: {0}")]
+    #[error("TLS setup failed")]
     Tls(#[from] rustls::Error),
     /// HTTP client construction failed.
-    #[error("HTTP client setup failed: {0}")]
+    #[error("HTTP client setup failed")]
     Http(#[source] reqwest::Error),
 }
 
@@ -194,11 +195,10 @@ pub async fn enroll(jwt_text: &str, opts: EnrollOptions) -> Result<Identity, Enr
     let (key_pem, csr) = tokio::task::spawn_blocking(move || {
         let key = csr::generate(key_type)?;
         let csr = csr::csr_pem(&key.pair, &sub)?;
-        Ok::<_, String>((key.pem, csr))
+        Ok::<_, KeyGenError>((key.pem, csr))
     })
     .await
-    .map_err(|e| EnrollError::KeyGeneration(e.to_string()))?
-    .map_err(EnrollError::KeyGeneration)?;
+    .map_err(KeyGenError::Task)??;
 
     let verified = tls_config_with_roots(&ca_certs)?;
     let client =

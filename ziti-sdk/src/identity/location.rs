@@ -31,9 +31,9 @@ pub(crate) fn classify(value: &str, base_dir: Option<&Path>) -> Result<Location,
         return Ok(Location::Inline(trimmed.to_string()));
     }
     if trimmed.starts_with("file:") {
-        let url = url::Url::parse(trimmed).map_err(|e| IdentityError::InvalidLocation {
+        let url = url::Url::parse(trimmed).map_err(|source| IdentityError::UnparsableLocation {
             location: redact_location(trimmed),
-            reason: e.to_string(),
+            source,
         })?;
         let path = url
             .to_file_path()

@@ -34,7 +34,7 @@ pub const CLIENT_API_PATH: &str = "/edge/client/v1";
 #[non_exhaustive]
 pub enum IdentityError {
     /// Reading or writing a file failed.
-    #[error("cannot access {path}: {source}")]
+    #[error("cannot access {path}")]
     Io {
         /// The file involved.
         path: PathBuf,
@@ -43,18 +43,27 @@ pub enum IdentityError {
         source: std::io::Error,
     },
     /// The identity file is not valid JSON of the expected shape.
-    #[error("identity file is not valid identity JSON: {0}")]
+    #[error("identity file is not valid identity JSON")]
     Json(#[from] serde_json::Error),
     /// Neither `ztAPI` nor `ztAPIs` holds a controller URL.
     #[error("identity has no controller URL (ztAPI/ztAPIs are empty)")]
     NoControllerUrl,
-    /// A controller URL is malformed or not https.
+    /// A controller URL is not https or has no host.
     #[error("invalid controller URL `{url}`: {reason}")]
     InvalidUrl {
         /// The offending URL.
         url: String,
         /// Why it was rejected.
         reason: String,
+    },
+    /// A controller URL does not parse.
+    #[error("invalid controller URL `{url}`")]
+    UnparsableUrl {
+        /// The offending URL.
+        url: String,
+        /// The parser's error.
+        #[source]
+        source: url::ParseError,
     },
     /// One of `id.cert`, `id.key`, `id.ca` is missing.
     #[error("identity is missing `id.{0}`")]
@@ -67,7 +76,16 @@ pub enum IdentityError {
         /// Why it was rejected.
         reason: String,
     },
-    /// PEM/DER content is not what was expected.
+    /// A `file:` location is not a valid URL.
+    #[error("invalid credential location `{location}`")]
+    UnparsableLocation {
+        /// The location.
+        location: String,
+        /// The parser's error.
+        #[source]
+        source: url::ParseError,
+    },
+    /// PEM content is not what was expected (e.g. no certificate in it).
     #[error("invalid {what}: {reason}")]
     InvalidPem {
         /// Which field (`certificate`, `key`, `CA bundle`).
@@ -75,11 +93,26 @@ pub enum IdentityError {
         /// Details.
         reason: String,
     },
-    /// The key type is not usable with rustls/ring (e.g. EC P-521).
-    #[error("unsupported private key: {0} (supported: EC P-256, EC P-384, RSA 2048-8192)")]
-    UnsupportedKey(String),
+    /// PEM text does not parse.
+    #[error("invalid {what}: malformed PEM")]
+    Pem {
+        /// Which field (`certificate`, `key`, `CA bundle`).
+        what: &'static str,
+        /// The PEM parser's error.
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The identity's certificate is not valid X.509.
+    #[error("invalid certificate")]
+    Certificate(#[source] x509_parser::error::X509Error),
+    /// The private key is not usable with rustls/ring (e.g. EC P-521).
+    #[error("unsupported private key (supported: EC P-256, EC P-384, RSA 2048-8192)")]
+    UnsupportedKey(#[source] rustls::Error),
+    /// The certificate's public key is of a type or size rustls/ring cannot use.
+    #[error("unsupported certificate key: {0} (supported: EC P-256, EC P-384, RSA 2048-8192)")]
+    UnsupportedCertificateKey(String),
     /// rustls rejected the material (e.g. key does not match certificate).
-    #[error("TLS configuration failed: {0}")]
+    #[error("TLS configuration failed")]
     Tls(#[from] rustls::Error),
 }
 
@@ -291,10 +324,10 @@ impl Identity {
     }
 
     pub(crate) fn private_key_der(&self) -> Result<PrivateKeyDer<'static>, IdentityError> {
-        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| {
-            IdentityError::InvalidPem {
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|source| {
+            IdentityError::Pem {
                 what: "key",
-                reason: e.to_string(),
+                source,
             }
         })
     }
@@ -317,10 +350,7 @@ pub(crate) fn parse_certs(
 ) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| IdentityError::InvalidPem {
-            what,
-            reason: e.to_string(),
-        })?;
+        .map_err(|source| IdentityError::Pem { what, source })?;
     if certs.is_empty() {
         return Err(IdentityError::InvalidPem {
             what,
@@ -337,7 +367,10 @@ pub fn normalize_api_url(raw: &str) -> Result<Url, IdentityError> {
         url: raw.to_string(),
         reason: reason.to_string(),
     };
-    let mut url = Url::parse(raw.trim()).map_err(|e| invalid(&e.to_string()))?;
+    let mut url = Url::parse(raw.trim()).map_err(|source| IdentityError::UnparsableUrl {
+        url: raw.to_string(),
+        source,
+    })?;
     if url.scheme() != "https" {
         return Err(invalid("scheme must be https"));
     }

@@ -7,6 +7,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use x509_parser::error::X509Error;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::public_key::PublicKey;
 
@@ -34,7 +35,7 @@ pub(super) fn client_config(
     // Check the key type first so an unsupported curve gets a clear message rather than a generic
     // rustls error.
     if let Err(e) = rustls::crypto::ring::sign::any_supported_type(&key) {
-        return Err(IdentityError::UnsupportedKey(e.to_string()));
+        return Err(IdentityError::UnsupportedKey(e));
     }
     let mut cfg = rustls::ClientConfig::builder_with_provider(ring_provider())
         .with_safe_default_protocol_versions()?
@@ -46,11 +47,8 @@ pub(super) fn client_config(
 
 /// Common name and key type of a leaf certificate.
 pub(super) fn leaf_summary(leaf: &CertificateDer<'_>) -> Result<(String, KeyType), IdentityError> {
-    let invalid = |reason: String| IdentityError::InvalidPem {
-        what: "certificate",
-        reason,
-    };
-    let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| invalid(e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(leaf)
+        .map_err(|e| IdentityError::Certificate(X509Error::from(e)))?;
     let name = cert
         .subject()
         .iter_common_name()
@@ -64,17 +62,17 @@ pub(super) fn leaf_summary(leaf: &CertificateDer<'_>) -> Result<(String, KeyType
             256 => KeyType::EcP256,
             384 => KeyType::EcP384,
             bits => {
-                return Err(IdentityError::UnsupportedKey(format!(
+                return Err(IdentityError::UnsupportedCertificateKey(format!(
                     "EC key of {bits} bits"
                 )));
             }
         },
         Ok(_) => {
-            return Err(IdentityError::UnsupportedKey(
+            return Err(IdentityError::UnsupportedCertificateKey(
                 "unknown public key type".into(),
             ));
         }
-        Err(e) => return Err(invalid(e.to_string())),
+        Err(e) => return Err(IdentityError::Certificate(e)),
     };
     Ok((name, key_type))
 }

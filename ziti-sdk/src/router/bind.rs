@@ -197,10 +197,13 @@ impl IncomingDial {
         let mut edge = match EdgeConn::accept(conn_id, self.keypair.as_deref(), dialer_key.as_ref())
         {
             Ok(e) => e,
-            Err(e) => {
+            Err(source) => {
                 self.reject("did not receive a usable peer crypto key")
                     .await;
-                return Err(refused(&e.to_string()));
+                return Err(RouterError::Protocol {
+                    router: self.conn.name().to_string(),
+                    source,
+                });
             }
         };
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);

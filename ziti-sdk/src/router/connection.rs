@@ -21,8 +21,9 @@ use tokio_rustls::TlsConnector;
 
 use crate::channel::{self, FrameDecoder, HelloResult, Limits, Message};
 use crate::edge::{self, ConnIdAllocator, ContentType};
+use crate::error_report::error_chain;
 
-use super::RouterError;
+use super::{ConnectError, RouterError};
 
 /// Outgoing frames queued per router connection before senders wait.
 const OUTBOUND_QUEUE: usize = 256;
@@ -115,14 +116,15 @@ impl RouterConnection {
     ) -> Result<RouterConnection, RouterError> {
         let (host, port) = parse_router_url(url)?;
         let fut = Self::connect_inner(name, url, &host, port, params.clone());
-        match tokio::time::timeout(params.connect_timeout, fut).await {
+        let result = match tokio::time::timeout(params.connect_timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(RouterError::Connect {
-                router: name.to_string(),
-                url: url.to_string(),
-                reason: format!("timed out after {:?}", params.connect_timeout),
-            }),
-        }
+            Err(_) => Err(ConnectError::Timeout(params.connect_timeout)),
+        };
+        result.map_err(|source| RouterError::Connect {
+            router: name.to_string(),
+            url: url.to_string(),
+            source,
+        })
     }
 
     async fn connect_inner(
@@ -131,63 +133,52 @@ impl RouterConnection {
         host: &str,
         port: u16,
         params: ConnectParams,
-    ) -> Result<RouterConnection, RouterError> {
-        let connect_err = |reason: String| RouterError::Connect {
-            router: name.to_string(),
-            url: url.to_string(),
-            reason,
-        };
+    ) -> Result<RouterConnection, ConnectError> {
         let tcp = TcpStream::connect((host, port))
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(ConnectError::Tcp)?;
         let _ = tcp.set_nodelay(true);
-        let server_name = ServerName::try_from(host.to_string())
-            .map_err(|e| connect_err(format!("invalid router host name: {e}")))?;
+        let server_name =
+            ServerName::try_from(host.to_string()).map_err(|source| ConnectError::HostName {
+                host: host.to_string(),
+                source,
+            })?;
         let tls = TlsConnector::from(params.tls.clone())
             .connect(server_name, tcp)
             .await
-            .map_err(|e| connect_err(format!("TLS: {e}")))?;
+            .map_err(ConnectError::from_tls_io)?;
         let (mut rd, mut wr) = tokio::io::split(tls);
 
         let mut buf = BytesMut::new();
         channel::hello(&params.token, &params.label)
             .encode(&mut buf)
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(ConnectError::EncodeHello)?;
         wr.write_all(&buf)
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
-        wr.flush().await.map_err(|e| connect_err(e.to_string()))?;
+            .map_err(ConnectError::from_tls_io)?;
+        wr.flush().await.map_err(ConnectError::from_tls_io)?;
 
         let mut decoder = FrameDecoder::new(Limits::default());
         let mut inbuf = BytesMut::with_capacity(64 * 1024);
         let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
             loop {
-                if let Some(msg) = decoder
-                    .decode(&mut inbuf)
-                    .map_err(|e| connect_err(e.to_string()))?
-                {
-                    return HelloResult::parse(&msg).ok_or_else(|| {
-                        connect_err(format!(
-                            "expected a hello answer, got content type {}",
-                            msg.content_type
-                        ))
-                    });
+                if let Some(msg) = decoder.decode(&mut inbuf).map_err(ConnectError::Frame)? {
+                    return HelloResult::parse(&msg)
+                        .ok_or(ConnectError::UnexpectedAnswer(msg.content_type));
                 }
                 let n = rd
                     .read_buf(&mut inbuf)
                     .await
-                    .map_err(|e| connect_err(e.to_string()))?;
+                    .map_err(ConnectError::from_tls_io)?;
                 if n == 0 {
-                    return Err(connect_err(
-                        "router closed the connection during hello".into(),
-                    ));
+                    return Err(ConnectError::ClosedDuringHello);
                 }
             }
         })
         .await
-        .map_err(|_| connect_err("no hello answer".into()))??;
+        .map_err(|_| ConnectError::HelloTimeout(HELLO_TIMEOUT))??;
         if !hello.success {
-            return Err(connect_err(format!("hello rejected: {}", hello.message)));
+            return Err(ConnectError::HelloRejected(hello.message.clone()));
         }
 
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
@@ -259,10 +250,12 @@ impl RouterConnection {
     /// routes its traffic to `sink` until [`RouterConnection::unregister`].
     pub(crate) fn register_new(&self, sink: Sink) -> Result<u32, RouterError> {
         let mut mux = self.shared.mux.lock().map_err(|_| self.closed_error())?;
-        let id = mux.ids.allocate().ok_or_else(|| RouterError::Refused {
-            router: self.shared.name.clone(),
-            reason: "every connection id is in use".into(),
-        })?;
+        let id = mux
+            .ids
+            .allocate()
+            .ok_or_else(|| RouterError::NoFreeConnId {
+                router: self.shared.name.clone(),
+            })?;
         mux.sinks.insert(id, sink);
         Ok(id)
     }
@@ -471,7 +464,7 @@ async fn reader_task<R: tokio::io::AsyncRead + Unpin>(
                 Ok(Some(msg)) => conn.dispatch(msg).await,
                 Ok(None) => break,
                 Err(e) => {
-                    conn.mark_closed(&format!("bad frame: {e}"));
+                    conn.mark_closed(&format!("bad frame: {}", error_chain(&e)));
                     return;
                 }
             }
@@ -486,7 +479,7 @@ async fn reader_task<R: tokio::io::AsyncRead + Unpin>(
         match read {
             Ok(0) => break "router closed the connection".to_string(),
             Ok(_) => {}
-            Err(e) => break format!("read error: {e}"),
+            Err(e) => break format!("read error: {}", error_chain(&e)),
         }
     };
     conn.mark_closed(&why);
@@ -547,7 +540,9 @@ async fn token_update_task(conn: RouterConnection, mut updates: watch::Receiver<
                 reason = %String::from_utf8_lossy(&reply.body),
                 "router refused the refreshed token"
             ),
-            Err(e) => tracing::warn!(router = %conn.shared.name, error = %e, "token update failed"),
+            Err(e) => {
+                tracing::warn!(router = %conn.shared.name, error = %error_chain(&e), "token update failed")
+            }
         }
     }
 }

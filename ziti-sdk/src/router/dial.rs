@@ -71,9 +71,9 @@ impl RouterConnection {
                 // E.g. an encrypted service answered without the host's key: refuse to
                 // continue in clear.
                 let _ = self.try_send(edge.close("dial failed"));
-                return Err(RouterError::Refused {
+                return Err(RouterError::Protocol {
                     router: self.name().to_string(),
-                    reason: e.to_string(),
+                    source: e,
                 });
             }
         };
@@ -87,10 +87,10 @@ impl RouterConnection {
                         failure,
                     });
                 }
-                ConnEvent::Closed(other) => {
+                ConnEvent::Closed(CloseReason::ClosedByPeer { reason, .. }) => {
                     return Err(RouterError::Refused {
                         router: self.name().to_string(),
-                        reason: format!("{other:?}"),
+                        reason,
                     });
                 }
                 ConnEvent::Data(_) | ConnEvent::Fin => {}

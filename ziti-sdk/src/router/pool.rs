@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use super::RouterError;
 use super::connection::{ConnectParams, RouterConnection};
+use crate::error_report::error_chain;
 
 /// An edge router as a session lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -87,9 +88,7 @@ impl RouterPool {
     /// A live channel to one of `routers`, connecting if needed (see the module docs).
     pub async fn select(&self, routers: &[RouterAddr]) -> Result<RouterConnection, RouterError> {
         if routers.is_empty() {
-            return Err(RouterError::NoneReachable(
-                "the session lists no edge routers".into(),
-            ));
+            return Err(RouterError::NoRouters);
         }
         if let Some(best) = self.best_live(routers) {
             return Ok(best);
@@ -110,11 +109,21 @@ impl RouterPool {
         while let Some(joined) = attempts.next().await {
             match joined {
                 Ok((_, Ok(conn))) => return Ok(conn),
-                Ok((r, Err(e))) => failures.push(format!("{}: {e}", r.name)),
-                Err(e) => failures.push(format!("connect task failed: {e}")),
+                Ok((r, Err(e))) => {
+                    tracing::debug!(router = %r.name, error = %error_chain(&e), "edge router unreachable");
+                    failures.push(e);
+                }
+                Err(e) => failures.push(RouterError::Task(e)),
             }
         }
-        Err(RouterError::NoneReachable(failures.join("; ")))
+        let mut failures = failures.into_iter();
+        match failures.next() {
+            Some(first) => Err(RouterError::NoneReachable {
+                source: Box::new(first),
+                others: failures.collect(),
+            }),
+            None => Err(RouterError::NoRouters),
+        }
     }
 
     /// Live channels to any of `routers`, lowest latency first.
@@ -146,7 +155,7 @@ impl RouterPool {
                 .inner
                 .connecting
                 .lock()
-                .map_err(|_| RouterError::NoneReachable("pool lock poisoned".into()))?;
+                .map_err(|_| RouterError::PoolUnavailable)?;
             c.entry(router.url.clone()).or_default().clone()
         };
         let _turn = gate.lock().await;

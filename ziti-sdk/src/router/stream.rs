@@ -17,6 +17,7 @@ use tokio_util::sync::PollSender;
 use crate::channel::Message;
 use crate::edge::{ConnEvent, ConnState, EdgeConn};
 
+use super::RouterError;
 use super::connection::RouterConnection;
 
 /// Largest plaintext carried by one Data frame we send.
@@ -122,7 +123,7 @@ impl EdgeStream {
     fn absorb(&mut self, msg: Message) -> io::Result<()> {
         let events = self.edge.handle(&msg).map_err(|e| {
             self.read_eof = true;
-            io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+            io::Error::new(io::ErrorKind::InvalidData, e)
         })?;
         for event in events {
             match event {
@@ -164,10 +165,7 @@ impl AsyncRead for EdgeStream {
                 Some(msg) => self.absorb(msg)?,
                 None => {
                     self.read_eof = true;
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        format!("connection to edge router {} lost", self.conn.name()),
-                    )));
+                    return Poll::Ready(Err(lost(&self.conn, io::ErrorKind::ConnectionAborted)));
                 }
             }
         }
@@ -188,7 +186,7 @@ impl AsyncWrite for EdgeStream {
         let frame = self
             .edge
             .send(&buf[..n])
-            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))?;
+            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
         let frame = self.sequenced(frame);
         self.outbound
             .send_item(frame)
@@ -212,7 +210,7 @@ impl AsyncWrite for EdgeStream {
         let fin = self
             .edge
             .close_write()
-            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))?;
+            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
         let fin = self.sequenced(fin);
         self.outbound
             .send_item(fin)
@@ -241,8 +239,16 @@ impl Drop for EdgeStream {
 }
 
 fn broken(conn: &RouterConnection) -> io::Error {
+    lost(conn, io::ErrorKind::BrokenPipe)
+}
+
+/// The router channel under the stream is gone: an I/O error of `kind` carrying
+/// [`RouterError::Closed`].
+fn lost(conn: &RouterConnection, kind: io::ErrorKind) -> io::Error {
     io::Error::new(
-        io::ErrorKind::BrokenPipe,
-        format!("connection to edge router {} lost", conn.name()),
+        kind,
+        RouterError::Closed {
+            router: conn.name().to_string(),
+        },
     )
 }

@@ -61,7 +61,7 @@ impl ServiceConfigs {
                 }
             };
             if let Err(e) = result {
-                tracing::warn!(service, config_type = %kind, error = %e, "ignoring malformed service config");
+                tracing::warn!(service, config_type = %kind, error = %crate::error_report::error_chain(&e), "ignoring malformed service config");
             }
         }
         out

@@ -92,7 +92,7 @@ impl Controller {
                 let stamp = match ctrl.services_last_changed().await {
                     Ok(t) => Some(t),
                     Err(e) => {
-                        tracing::warn!(error = %e, "service update check failed");
+                        tracing::warn!(error = %crate::error_report::error_chain(&e), "service update check failed");
                         None
                     }
                 };
@@ -119,7 +119,9 @@ impl Controller {
                                 }
                             }
                         }
-                        Err(e) => tracing::warn!(error = %e, "service listing failed"),
+                        Err(e) => {
+                            tracing::warn!(error = %crate::error_report::error_chain(&e), "service listing failed")
+                        }
                     }
                 }
                 tokio::select! {

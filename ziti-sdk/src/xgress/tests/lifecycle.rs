@@ -1,0 +1,306 @@
+//! Two circuits wired directly: duplicates, EOF and close, start, trace route, bad input.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::UNIX_MS;
+use crate::channel::{Headers, Message};
+use crate::xgress::messages::{content_type, control_header, header, payload_header};
+use crate::xgress::*;
+
+/// Moves every pending message between two directly wired circuits until quiet.
+fn pump(a: &mut Circuit, b: &mut Circuit, now: Instant) {
+    loop {
+        let mut moved = false;
+        while let Some(m) = a.poll_transmit(now) {
+            if m.content_type != content_type::CLOSE {
+                b.handle_message(now, &m).unwrap();
+            }
+            moved = true;
+        }
+        while let Some(m) = b.poll_transmit(now) {
+            if m.content_type != content_type::CLOSE {
+                a.handle_message(now, &m).unwrap();
+            }
+            moved = true;
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+fn pair(now: Instant) -> (Circuit, Circuit) {
+    let mut a = Circuit::new(
+        "c",
+        1,
+        Originator::Initiator,
+        Options::default(),
+        now,
+        UNIX_MS,
+    );
+    let mut b = Circuit::new(
+        "c",
+        1,
+        Originator::Terminator,
+        Options::default(),
+        now,
+        UNIX_MS,
+    );
+    pump(&mut a, &mut b, now);
+    (a, b)
+}
+
+fn read_data(c: &mut Circuit) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    while let Some(d) = c.read(usize::MAX) {
+        match d {
+            Delivery::Data { data, .. } => out.extend_from_slice(&data),
+            Delivery::Fin => return (out, true),
+        }
+    }
+    (out, false)
+}
+
+#[test]
+fn duplicates_are_acknowledged_again_and_dropped() {
+    let t = Instant::now();
+    let (mut a, mut b) = pair(t);
+    a.send(Bytes::from_static(b"once")).unwrap();
+    let m = a.poll_transmit(t).unwrap();
+    b.handle_message(t, &m).unwrap();
+    b.handle_message(t, &m).unwrap();
+    assert_eq!(b.poll_event(), Some(Event::Readable));
+    assert_eq!(read_data(&mut b), (b"once".to_vec(), false));
+    assert_eq!(b.stats().duplicate_payloads, 1);
+    // Both copies are acknowledged (in one batched acknowledgement).
+    let ack = Acknowledgement::from_message(&b.poll_transmit(t).unwrap()).unwrap();
+    assert_eq!(ack.sequences, vec![1, 1]);
+    a.handle_message(t, &ack.to_message(None)).unwrap();
+    assert_eq!(a.stats().duplicate_acks, 1);
+    assert_eq!(a.stats().unacked_payloads, 0);
+}
+
+#[test]
+fn eof_both_ways_then_close() {
+    let mut t = Instant::now();
+    let (mut a, mut b) = pair(t);
+    assert!(a.peer_supports_eof() && b.peer_supports_eof());
+    a.send(Bytes::from_static(b"request")).unwrap();
+    a.finish(t);
+    assert_eq!(a.send(Bytes::from_static(b"x")), Err(SendError::Closed));
+    let mut eof_seen = false;
+    while let Some(m) = a.poll_transmit(t) {
+        let p = Payload::from_message(&m).unwrap();
+        eof_seen |= p.flags.contains(Flags::EOF);
+        b.handle_message(t, &m).unwrap();
+    }
+    assert!(eof_seen, "native EOF, the peer announced the capability");
+    assert_eq!(read_data(&mut b), (b"request".to_vec(), true));
+    // b still talks back after a's half close.
+    b.send(Bytes::from_static(b"response")).unwrap();
+    b.finish(t);
+    pump(&mut a, &mut b, t);
+    assert_eq!(read_data(&mut a), (b"response".to_vec(), true));
+    assert!(!a.is_closed() && !b.is_closed(), "send sides linger");
+    // All acknowledged: each send side closes after the linger, then the circuit.
+    t += Duration::from_secs(5);
+    assert!(a.poll_timeout().is_some_and(|d| d <= t));
+    a.handle_timeout(t);
+    b.handle_timeout(t);
+    assert!(a.is_closed() && b.is_closed());
+    let finals: Vec<Message> = std::iter::from_fn(|| a.poll_transmit(t)).collect();
+    assert_eq!(finals.len(), 2);
+    let end = Payload::from_message(&finals[0]).unwrap();
+    assert!(end.flags.contains(Flags::CIRCUIT_END));
+    assert_eq!(
+        finals[1],
+        CloseCircuit {
+            circuit_id: "c".into()
+        }
+        .to_message()
+    );
+    assert!(a.is_drained());
+    assert_eq!(a.poll_timeout(), None);
+}
+
+#[test]
+fn finish_without_peer_eof_support_sends_the_edge_fin() {
+    let t = Instant::now();
+    let mut a = Circuit::new(
+        "c",
+        1,
+        Originator::Initiator,
+        Options::default(),
+        t,
+        UNIX_MS,
+    );
+    // The peer (an old router xgress) acknowledges CircuitStart but announces nothing.
+    let start = Payload::from_message(&a.poll_transmit(t).unwrap()).unwrap();
+    assert!(start.flags.contains(Flags::CIRCUIT_START));
+    assert_eq!(start.sequence, 0);
+    assert_eq!(
+        start
+            .headers
+            .get(&payload_header::CAPABILITIES)
+            .map(|v| v.to_vec()),
+        Some(vec![0, 0, 1, 0])
+    );
+    assert!(!a.peer_supports_eof());
+    a.finish(t);
+    let fin = Payload::from_message(&a.poll_transmit(t).unwrap()).unwrap();
+    assert_eq!(fin.sequence, 1);
+    assert!(!fin.flags.intersects(Flags::EOF | Flags::CIRCUIT_END));
+    assert_eq!(edge_flags(&fin.headers), Some(1));
+    assert!(fin.data.is_empty());
+}
+
+#[test]
+fn terminator_holds_data_until_circuit_start_and_times_out_without_it() {
+    let t = Instant::now();
+    let mut b = Circuit::new(
+        "c",
+        1,
+        Originator::Terminator,
+        Options::default(),
+        t,
+        UNIX_MS,
+    );
+    assert!(!b.is_started());
+    b.send(Bytes::from_static(b"early")).unwrap();
+    assert!(b.poll_transmit(t).is_none(), "held until CircuitStart");
+    let mut a = Circuit::new(
+        "c",
+        1,
+        Originator::Initiator,
+        Options::default(),
+        t,
+        UNIX_MS,
+    );
+    pump(&mut a, &mut b, t);
+    assert!(b.is_started());
+    assert_eq!(read_data(&mut a), (b"early".to_vec(), false));
+
+    let mut lonely = Circuit::new(
+        "c",
+        1,
+        Originator::Terminator,
+        Options::default(),
+        t,
+        UNIX_MS,
+    );
+    let deadline = lonely.poll_timeout().unwrap();
+    assert_eq!(deadline, t + Duration::from_secs(180));
+    lonely.handle_timeout(deadline);
+    assert!(lonely.is_closed());
+    assert_eq!(lonely.poll_event(), Some(Event::Closed));
+}
+
+#[test]
+fn closing_without_reading_stops_the_peer() {
+    let t = Instant::now();
+    let (mut a, mut b) = pair(t);
+    a.send(Bytes::from_static(b"unwanted")).unwrap();
+    pump(&mut a, &mut b, t);
+    b.close(t);
+    pump(&mut a, &mut b, t);
+    // a learns that nobody reads (WriteFailed) and that b is done sending (EOF).
+    assert!(std::iter::from_fn(|| a.poll_event()).any(|e| e == Event::SendClosed));
+    assert_eq!(a.send(Bytes::from_static(b"more")), Err(SendError::Closed));
+    assert_eq!(read_data(&mut a), (Vec::new(), true));
+    assert!(a.is_closed(), "both halves done");
+    assert_eq!(b.stats().recv_buffered, 0);
+}
+
+#[test]
+fn router_close_keeps_received_data_then_ends() {
+    let t = Instant::now();
+    let (mut a, mut b) = pair(t);
+    a.send(Bytes::from_static(b"last words")).unwrap();
+    pump(&mut a, &mut b, t);
+    b.handle_router_closed(t);
+    assert_eq!(b.send(Bytes::from_static(b"x")), Err(SendError::Closed));
+    assert!(!b.is_closed());
+    assert_eq!(read_data(&mut b), (b"last words".to_vec(), true));
+    assert!(b.is_closed());
+    let events: Vec<_> = std::iter::from_fn(|| b.poll_event()).collect();
+    assert!(events.contains(&Event::SendClosed) && events.contains(&Event::Closed));
+}
+
+#[test]
+fn reading_a_full_buffer_sends_a_window_update() {
+    let t = Instant::now();
+    let (mut a, mut b) = pair(t);
+    for _ in 0..4 {
+        a.send(Bytes::from(vec![1u8; 30_000])).unwrap();
+    }
+    pump(&mut a, &mut b, t);
+    assert_eq!(a.stats().peer_recv_buffer, 120_000);
+    // Reading more than half of it produces an acknowledgement without sequences.
+    b.read(70_000);
+    b.read(70_000);
+    b.read(70_000);
+    let upd = Acknowledgement::from_message(&b.poll_transmit(t).unwrap()).unwrap();
+    assert!(upd.sequences.is_empty());
+    assert_eq!(upd.recv_buffer_size, 30_000);
+    assert_eq!(upd.rtt, 0);
+    a.handle_message(t, &upd.to_message(None)).unwrap();
+    assert_eq!(a.stats().peer_recv_buffer, 30_000);
+}
+
+#[test]
+fn trace_route_is_answered() {
+    let t = Instant::now();
+    let mut b = Circuit::new(
+        "c",
+        4,
+        Originator::Terminator,
+        Options::default(),
+        t,
+        UNIX_MS,
+    );
+    let mut headers = Headers::new();
+    headers.put_u32(control_header::HOP_COUNT, 5);
+    headers.put_u32(control_header::USER_VAL, 1234);
+    let req = Control {
+        control_type: ControlType::TraceRoute,
+        circuit_id: "c".into(),
+        headers,
+    };
+    b.handle_message(t, &req.to_message()).unwrap();
+    let m = b.poll_transmit(t).unwrap();
+    let resp = Control::from_message(&m).unwrap();
+    assert_eq!(resp.control_type, ControlType::TraceRouteResponse);
+    assert_eq!(m.reply_for(), Some(1234));
+    assert_eq!(m.headers.get_u32(header::CONN_ID), Some(4));
+    assert_eq!(
+        m.headers.get_str(control_header::HOP_TYPE),
+        Some("sdk/rust")
+    );
+}
+
+#[test]
+fn foreign_and_looped_messages_are_ignored() {
+    let t = Instant::now();
+    let (mut a, mut b) = pair(t);
+    a.send(Bytes::from_static(b"x")).unwrap();
+    let m = a.poll_transmit(t).unwrap();
+    // Our own payload coming back is dropped, unacknowledged.
+    a.handle_message(t, &m).unwrap();
+    assert!(a.poll_transmit(t).is_none());
+    let mut other = Payload::from_message(&m).unwrap();
+    other.circuit_id = "elsewhere".into();
+    assert!(matches!(
+        b.handle_message(t, &other.to_message(None)),
+        Err(CircuitError::WrongCircuit { .. })
+    ));
+    // A malformed payload closes the circuit, as in Go.
+    let mut bad = m.clone();
+    bad.headers.remove(header::SEQUENCE);
+    assert!(matches!(
+        b.handle_message(t, &bad),
+        Err(CircuitError::Decode(DecodeError::MissingSequence))
+    ));
+    assert!(b.is_closed());
+}
