@@ -55,6 +55,11 @@ pub struct ContextOptions {
     pub auth: AuthMethod,
     /// Dial timeout when the service does not set one.
     pub dial_timeout: Duration,
+    /// SDK flow control (default `true`): each circuit has its own window (SDK xgress mode,
+    /// header 1028), so a connection nobody reads slows only itself. `false` uses legacy Data
+    /// mode, where a connection whose application stops reading is closed once its receive
+    /// buffer stays full (see [`crate::edge::channel`]).
+    pub sdk_flow_control: bool,
 }
 
 impl Default for ContextOptions {
@@ -62,6 +67,7 @@ impl Default for ContextOptions {
         ContextOptions {
             auth: AuthMethod::Auto,
             dial_timeout: DEFAULT_DIAL_TIMEOUT,
+            sdk_flow_control: true,
         }
     }
 }
@@ -269,6 +275,7 @@ impl ZitiContext {
             oidc,
             identity.name(),
         );
+        pool.set_sdk_flow_control(options.sdk_flow_control);
         Ok(ZitiContext {
             inner: Arc::new(Inner {
                 controller,
@@ -464,7 +471,7 @@ impl ZitiContext {
                 .encryption_required
                 .then(|| Arc::new(KeyPair::generate())),
         };
-        let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+        let (tx, rx) = mpsc::channel::<Result<EdgeStream, ListenError>>(ACCEPT_QUEUE);
         let routers = router_addrs(&session);
         let mut failures = Vec::new();
         let mut bound_any = false;
@@ -528,7 +535,7 @@ async fn supervise_binding(
     svc: Service,
     opts: BindOptions,
     mut current: Option<Binding>,
-    accepted: mpsc::Sender<EdgeStream>,
+    accepted: mpsc::Sender<Result<EdgeStream, ListenError>>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -555,6 +562,23 @@ async fn supervise_binding(
         {
             Ok(s) => s,
             Err(e) => {
+                // The service is gone or no longer ours to host: hosting ends, and says why.
+                let end = match e.api_error().map(|a| a.code.clone()) {
+                    Some(ApiErrorCode::NotFound) => Some(ListenError::ServiceNotFound {
+                        service: svc.name.clone(),
+                    }),
+                    Some(ApiErrorCode::Unauthorized | ApiErrorCode::CouldNotValidate) => {
+                        Some(ListenError::NotAuthorized {
+                            service: svc.name.clone(),
+                        })
+                    }
+                    _ => None,
+                };
+                if let Some(end) = end {
+                    tracing::warn!(service = %svc.name, reason = %error_chain(&end), "hosting ended");
+                    let _ = accepted.send(Err(end)).await;
+                    return;
+                }
                 tracing::debug!(service = %svc.name, error = %error_chain(&e), "bind session unavailable");
                 continue;
             }
@@ -576,7 +600,10 @@ enum ServeEnd {
     Lost(RouterError),
 }
 
-async fn serve_binding(mut binding: Binding, accepted: &mpsc::Sender<EdgeStream>) -> ServeEnd {
+async fn serve_binding(
+    mut binding: Binding,
+    accepted: &mpsc::Sender<Result<EdgeStream, ListenError>>,
+) -> ServeEnd {
     loop {
         let dial = tokio::select! {
             d = binding.next_dial() => d,
@@ -606,7 +633,7 @@ async fn serve_binding(mut binding: Binding, accepted: &mpsc::Sender<EdgeStream>
         tokio::spawn(async move {
             match dial.accept().await {
                 Ok(stream) => {
-                    permit.send(stream);
+                    permit.send(Ok(stream));
                 }
                 Err(e) => tracing::warn!(error = %error_chain(&e), "accepting a dial failed"),
             }
@@ -615,10 +642,14 @@ async fn serve_binding(mut binding: Binding, accepted: &mpsc::Sender<EdgeStream>
 }
 
 /// Incoming connections for a hosted service. Dropping it unbinds.
+///
+/// Also a [`futures::Stream`] of `Result<EdgeStream, ListenError>`: an `Err` says why hosting
+/// ended (the service was deleted, or this identity may no longer bind it), then the stream
+/// ends.
 #[derive(Debug)]
 pub struct ZitiListener {
     service: String,
-    incoming: mpsc::Receiver<EdgeStream>,
+    incoming: mpsc::Receiver<Result<EdgeStream, ListenError>>,
 }
 
 impl ZitiListener {
@@ -627,9 +658,21 @@ impl ZitiListener {
         &self.service
     }
 
-    /// The next accepted connection; `None` once hosting has stopped.
+    /// The next accepted connection; `None` once hosting has stopped (the stream interface
+    /// says why).
     pub async fn accept(&mut self) -> Option<EdgeStream> {
-        self.incoming.recv().await
+        self.incoming.recv().await?.ok()
+    }
+}
+
+impl futures::Stream for ZitiListener {
+    type Item = Result<EdgeStream, ListenError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.incoming.poll_recv(cx)
     }
 }
 

@@ -111,6 +111,7 @@ fn connect_params(identity: &Identity) -> ConnectParams {
         token_updates: None,
         label: "error-chain test".into(),
         connect_timeout: Duration::from_secs(10),
+        sdk_flow_control: true,
     }
 }
 

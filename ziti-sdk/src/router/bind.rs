@@ -1,22 +1,20 @@
 //! Hosting a service over a router channel: Bind, incoming Dials, accept or reject, Unbind.
 
+use std::future::poll_fn;
 use std::sync::Arc;
-use std::time::Duration;
-
-use tokio::sync::mpsc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use crate::channel::Message;
-use crate::e2ee::{KeyPair, PublicKey};
-use crate::edge::{self, BindRequest, ContentType, EdgeConn, Precedence};
+use crate::e2ee::KeyPair;
+use crate::edge::{BindParams, BindRequest, Dial, Precedence};
 
 use super::RouterError;
-use super::connection::{INBOUND_QUEUE, RouterConnection, Sink};
+use super::connection::RouterConnection;
 use super::stream::{EdgeStream, PeerInfo};
 
 /// How long the router gets to answer a Bind.
 const BIND_TIMEOUT: Duration = Duration::from_secs(15);
-/// Dials and notices queued per binding before the router reader waits.
-const BIND_QUEUE: usize = 64;
 
 /// Terminator options of a bind.
 #[derive(Debug, Clone, Default)]
@@ -33,7 +31,8 @@ pub struct BindOptions {
     pub keypair: Option<Arc<KeyPair>>,
 }
 
-/// An established bind on one router: a terminator for the service.
+/// An established bind on one router: a terminator for the service. Dropping it removes the
+/// terminator.
 #[derive(Debug)]
 pub struct Binding {
     conn: RouterConnection,
@@ -41,7 +40,6 @@ pub struct Binding {
     service: String,
     token: String,
     keypair: Option<Arc<KeyPair>>,
-    events: mpsc::Receiver<Message>,
 }
 
 /// A dial the router forwards to us; accept or reject it promptly (the router waits 5 s).
@@ -51,7 +49,8 @@ pub struct IncomingDial {
     bind_id: u32,
     service: String,
     keypair: Option<Arc<KeyPair>>,
-    msg: Message,
+    dial: Box<Dial>,
+    request: Box<Message>,
 }
 
 impl RouterConnection {
@@ -63,28 +62,20 @@ impl RouterConnection {
         session_token: &str,
         opts: &BindOptions,
     ) -> Result<Binding, RouterError> {
-        let (tx, rx) = mpsc::channel(BIND_QUEUE);
-        let bind_id = self.register_new(Sink::Bind(tx))?;
-        let mut req = BindRequest::new(bind_id, session_token);
-        req.public_key = opts.keypair.as_ref().map(|k| k.public_key());
-        req.cost = opts.cost;
-        req.precedence = opts.precedence;
-        req.listener_id = Some(opts.listener_id.clone());
-        req.terminator_identity = opts.terminator_identity.clone();
-        let reply = match self.request(edge::bind(&req), BIND_TIMEOUT).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.unregister(bind_id);
-                return Err(e);
-            }
+        let mut request = BindRequest::new(0, session_token);
+        request.public_key = opts.keypair.as_ref().map(|k| k.public_key());
+        request.cost = opts.cost;
+        request.precedence = opts.precedence;
+        request.listener_id = Some(opts.listener_id.clone());
+        request.terminator_identity = opts.terminator_identity.clone();
+        let params = BindParams {
+            request,
+            timeout: BIND_TIMEOUT,
         };
-        if ContentType::from_i32(reply.content_type) != Some(ContentType::StateConnected) {
-            self.unregister(bind_id);
-            return Err(RouterError::Refused {
-                router: self.name().to_string(),
-                reason: String::from_utf8_lossy(&reply.body).into_owned(),
-            });
-        }
+        let (bind_id, _) = self
+            .open(|ch, now| ch.bind(now, &params))
+            .await
+            .map_err(|e| self.open_error(e))?;
         tracing::debug!(router = %self.name(), %service, bind_id, "bound");
         Ok(Binding {
             conn: self.clone(),
@@ -92,7 +83,6 @@ impl RouterConnection {
             service: service.to_string(),
             token: session_token.to_string(),
             keypair: opts.keypair.clone(),
-            events: rx,
         })
     }
 }
@@ -106,132 +96,97 @@ impl Binding {
     /// Waits for the next dial. `Err` carries why the binding ended (router gone, or the
     /// router/controller removed the terminator); rebind after that.
     pub async fn next_dial(&mut self) -> Result<IncomingDial, RouterError> {
-        loop {
-            let Some(msg) = self.events.recv().await else {
-                return Err(RouterError::Closed {
-                    router: self.conn.name().to_string(),
-                });
-            };
-            match ContentType::from_i32(msg.content_type) {
-                Some(ContentType::Dial) => {
-                    return Ok(IncomingDial {
-                        conn: self.conn.clone(),
-                        bind_id: self.bind_id,
-                        service: self.service.clone(),
-                        keypair: self.keypair.clone(),
-                        msg,
-                    });
+        let bind_id = self.bind_id;
+        let conn = self.conn.clone();
+        let next = poll_fn(|cx| {
+            let r = conn.with(|s| {
+                let Some(inbox) = s.binds.get_mut(&bind_id) else {
+                    return Poll::Ready(Err(None));
+                };
+                if let Some(d) = inbox.dials.pop_front() {
+                    return Poll::Ready(Ok(d));
                 }
-                Some(ContentType::BindSuccess) => {
-                    tracing::info!(router = %self.conn.name(), service = %self.service, "terminator established");
+                if let Some(reason) = &inbox.closed {
+                    return Poll::Ready(Err(Some(reason.clone())));
                 }
-                Some(ContentType::StateClosed) => {
-                    // The id is freed when the binding is dropped (exactly once).
-                    let reason = String::from_utf8_lossy(&msg.body).into_owned();
-                    return Err(RouterError::Refused {
-                        router: self.conn.name().to_string(),
-                        reason: if reason.is_empty() {
-                            "binding closed by the router".into()
-                        } else {
-                            reason
-                        },
-                    });
-                }
-                _ => {}
+                inbox.waker = Some(cx.waker().clone());
+                Poll::Pending
+            });
+            match r {
+                Ok(p) => p,
+                Err(_) => Poll::Ready(Err(None)),
             }
+        })
+        .await;
+        match next {
+            Ok((dial, request)) => Ok(IncomingDial {
+                conn: self.conn.clone(),
+                bind_id,
+                service: self.service.clone(),
+                keypair: self.keypair.clone(),
+                dial,
+                request,
+            }),
+            Err(Some(reason)) if !self.conn.is_closed() => Err(RouterError::Refused {
+                router: self.conn.name().to_string(),
+                reason,
+            }),
+            Err(_) => Err(self.conn.closed_error()),
         }
     }
 
     /// Removes the terminator.
     pub async fn unbind(self) {
-        let _ = self
-            .conn
-            .send(edge::unbind(self.bind_id, &self.token))
-            .await;
-        let _ = self
-            .conn
-            .send(edge::state_closed(self.bind_id, "unbind"))
-            .await;
+        // Drop does it.
     }
 }
 
 impl Drop for Binding {
     fn drop(&mut self) {
-        self.conn.unregister(self.bind_id);
+        let (bind, token) = (self.bind_id, self.token.clone());
+        let _ = self.conn.with(|s| {
+            s.binds.remove(&bind);
+            s.ch.unbind(bind, &token);
+        });
     }
 }
 
 impl IncomingDial {
     /// Who is dialing.
     pub fn peer(&self) -> PeerInfo {
-        let h = &self.msg.headers;
-        let s = |id| h.get_str(id).map(str::to_owned);
+        let d = &self.dial;
         PeerInfo {
-            caller_id: s(edge::header::CALLER_ID),
-            dialer_identity_id: s(edge::header::DIALER_IDENTITY_ID),
-            dialer_identity_name: s(edge::header::DIALER_IDENTITY_NAME),
-            circuit_id: s(edge::header::CIRCUIT_ID),
-            app_data: h.get(edge::header::APP_DATA).cloned(),
+            caller_id: d.caller_id.clone(),
+            dialer_identity_id: d.dialer_identity_id.clone(),
+            dialer_identity_name: d.dialer_identity_name.clone(),
+            circuit_id: d.circuit_id.clone(),
+            app_data: d.app_data.clone(),
         }
     }
 
-    /// Accepts: registers the router-provided conn id, answers DialSuccess and (for encrypted
+    /// Accepts: answers DialSuccess on the router-provided connection id and (for encrypted
     /// services) sends our stream header first.
     pub async fn accept(self) -> Result<EdgeStream, RouterError> {
-        let refused = |reason: &str| RouterError::Refused {
-            router: self.conn.name().to_string(),
-            reason: reason.to_string(),
-        };
-        let Some(conn_id) = self
-            .msg
-            .headers
-            .get_u32(edge::header::ROUTER_PROVIDED_CONN_ID)
-        else {
-            self.reject("no router-provided connection id").await;
-            return Err(refused("dial without a router-provided connection id"));
-        };
-        let dialer_key = match self.msg.headers.get(edge::header::PUBLIC_KEY) {
-            Some(raw) => Some(PublicKey::from_slice(raw)?),
-            None => None,
-        };
-        let mut edge = match EdgeConn::accept(conn_id, self.keypair.as_deref(), dialer_key.as_ref())
-        {
-            Ok(e) => e,
-            Err(source) => {
-                self.reject("did not receive a usable peer crypto key")
-                    .await;
-                return Err(RouterError::Protocol {
-                    router: self.conn.name().to_string(),
-                    source,
-                });
-            }
-        };
-        let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-        // Register before answering: data can follow DialSuccess immediately.
-        self.conn.register(conn_id, Sink::Stream(tx));
-        let reply = edge::dial_success(&self.msg, self.bind_id, conn_id, None);
-        if let Err(e) = self.conn.send(reply).await {
-            self.conn.unregister(conn_id);
-            return Err(e);
-        }
-        while let Some(msg) = edge.poll_transmit() {
-            self.conn.send(msg).await?;
-        }
-        let peer = self.peer();
+        let (bind, keypair) = (self.bind_id, self.keypair.clone());
+        let request = &self.request;
+        let id = self
+            .conn
+            .with(|s| {
+                s.ch.accept(Instant::now(), bind, request, keypair.as_deref())
+            })?
+            .map_err(|e| self.conn.open_error(e))?;
         Ok(EdgeStream::new(
             self.conn.clone(),
-            edge,
+            id,
             &self.service,
-            rx,
-            peer,
+            self.keypair.is_some(),
+            self.peer(),
         ))
     }
 
     /// Rejects with DialFailed.
     pub async fn reject(&self, reason: &str) {
-        let _ = self
-            .conn
-            .send(edge::dial_failed(&self.msg, self.bind_id, reason))
-            .await;
+        let (bind, request) = (self.bind_id, &self.request);
+        let _ = self.conn.with(|s| s.ch.reject(bind, request, reason));
     }
 }

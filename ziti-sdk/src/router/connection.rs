@@ -1,85 +1,93 @@
-//! One channel to one edge router: TLS, the hello, and the tasks that pump frames.
+//! One channel to one edge router: TLS under an [`edge::Channel`], driven by tokio.
 //!
-//! The connection owns two tasks. The *reader* decodes frames from TLS and routes each one: a
-//! reply to the request waiting for it, per-connection traffic to that connection's bounded
-//! queue, anything else is dropped. When a connection's queue is full the reader waits, so TLS
-//! stops being read and the router's TCP window closes: a slow reader back-pressures its peer
-//! instead of growing memory. The *writer* drains a bounded queue of outgoing messages, encoding
-//! whatever is ready into one buffer per TLS write.
+//! The protocol lives in the sans-IO [`edge::Channel`]; this module only moves its bytes and
+//! time. The channel sits behind one mutex shared by:
+//!
+//! * the **reader** task: TLS bytes in, [`edge::Channel::handle_input`], then wakes exactly the
+//!   streams and waiters the resulting events name. It never waits for a stream: a connection
+//!   whose application stops reading costs at most its receive window (see [`edge::channel`]);
+//! * the **writer** task: [`edge::Channel::poll_transmit`] to TLS, woken when there are bytes;
+//! * the **timer** task: sleeps until [`edge::Channel::poll_timeout`] and runs
+//!   [`edge::Channel::handle_timeout`] (request timeouts, latency probe, overflow policy);
+//! * the token task (OIDC): pushes refreshed tokens with UpdateToken;
+//! * the streams, bindings and dials themselves, which call the channel directly and register
+//!   their waker when they have to wait.
+//!
+//! [`edge::Channel`]: crate::edge::Channel
+//! [`edge::channel`]: crate::edge::channel
+//! [`edge::Channel::handle_input`]: crate::edge::Channel::handle_input
+//! [`edge::Channel::poll_transmit`]: crate::edge::Channel::poll_transmit
+//! [`edge::Channel::poll_timeout`]: crate::edge::Channel::poll_timeout
+//! [`edge::Channel::handle_timeout`]: crate::edge::Channel::handle_timeout
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio_rustls::TlsConnector;
 
-use crate::channel::{self, FrameDecoder, HelloResult, Limits, Message};
-use crate::edge::{self, ConnIdAllocator, ContentType};
+use crate::channel::{HelloResult, Message};
+use crate::edge::{Channel, ChannelClosed, ChannelConfig, Dial, Event, OpenError};
 use crate::error_report::error_chain;
 
 use super::{ConnectError, RouterError};
 
-/// Outgoing frames queued per router connection before senders wait.
-const OUTBOUND_QUEUE: usize = 256;
-/// Incoming frames queued per edge connection before the reader waits (back-pressure).
-pub(crate) const INBOUND_QUEUE: usize = 64;
-/// How long the router gets to answer the hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Latency probe period and timeout (as the Go SDK).
-const PROBE_INTERVAL: Duration = Duration::from_secs(30);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest encoded batch handed to TLS in one write.
+/// Largest chunk handed to TLS in one write.
 const WRITE_BATCH: usize = 256 * 1024;
+/// Incoming dials queued per binding before new ones are rejected.
+pub(crate) const BIND_QUEUE: usize = 64;
 
-/// Where a connection id's traffic goes.
-#[derive(Debug, Clone)]
-pub(crate) enum Sink {
-    /// A dialed or accepted stream: Data, StateClosed.
-    Stream(mpsc::Sender<Message>),
-    /// A bind: incoming Dial, BindSuccess, StateClosed.
-    Bind(mpsc::Sender<Message>),
-}
+/// What a dial or bind waits for.
+pub(crate) type OpenResult = Result<Option<String>, OpenError>;
 
-impl Sink {
-    fn sender(&self) -> &mpsc::Sender<Message> {
-        match self {
-            Sink::Stream(s) | Sink::Bind(s) => s,
-        }
-    }
-}
-
-/// Edge connections on one channel: where each id's traffic goes, and which ids are taken.
+/// A binding's inbox, filled by the reader.
 #[derive(Debug, Default)]
-struct Mux {
-    sinks: HashMap<u32, Sink>,
-    ids: ConnIdAllocator,
+pub(crate) struct BindInbox {
+    pub(crate) dials: VecDeque<(Box<Dial>, Box<Message>)>,
+    pub(crate) closed: Option<String>,
+    pub(crate) waker: Option<Waker>,
 }
 
-#[derive(Debug)]
-struct Shared {
+/// The channel and who waits on it.
+pub(crate) struct State {
+    pub(crate) ch: Channel,
+    readers: HashMap<u32, Waker>,
+    writers: HashMap<u32, Waker>,
+    opening: HashMap<u32, oneshot::Sender<OpenResult>>,
+    pub(crate) binds: HashMap<u32, BindInbox>,
+    /// The deadline the timer task sleeps until.
+    timer_at: Option<Instant>,
+}
+
+pub(crate) struct Shared {
     name: String,
     url: String,
-    outbound: mpsc::Sender<Message>,
-    sequence: AtomicI32,
-    pending: Mutex<HashMap<i32, oneshot::Sender<Message>>>,
-    mux: Mutex<Mux>,
-    closed: watch::Sender<bool>,
-    latency_nanos: AtomicU64,
-    last_read: Mutex<Instant>,
-    probe_in_flight: AtomicBool,
     hello: HelloResult,
+    state: Mutex<State>,
+    transmit: Notify,
+    timer: Notify,
+    closed: watch::Sender<bool>,
 }
 
 /// A live channel to an edge router. Cheap to clone; all clones share the channel.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RouterConnection {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RouterConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterConnection")
+            .field("name", &self.shared.name)
+            .field("url", &self.shared.url)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Everything needed to open a router connection.
@@ -95,6 +103,8 @@ pub struct ConnectParams {
     pub label: String,
     /// Timeout for TCP + TLS + hello.
     pub connect_timeout: Duration,
+    /// Ask for SDK xgress mode (per-circuit flow control) on dials and binds.
+    pub sdk_flow_control: bool,
 }
 
 impl std::fmt::Debug for ConnectParams {
@@ -108,23 +118,23 @@ impl std::fmt::Debug for ConnectParams {
 }
 
 impl RouterConnection {
-    /// Connects to `url` (`tls://host:port`), performs the hello and starts the pump tasks.
+    /// Connects to `url` (`tls://host:port`), performs the hello and starts the driver tasks.
     pub async fn connect(
         name: &str,
         url: &str,
         params: ConnectParams,
     ) -> Result<RouterConnection, RouterError> {
-        let (host, port) = parse_router_url(url)?;
-        let fut = Self::connect_inner(name, url, &host, port, params.clone());
-        let result = match tokio::time::timeout(params.connect_timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(ConnectError::Timeout(params.connect_timeout)),
-        };
-        result.map_err(|source| RouterError::Connect {
+        let connect_error = |source| RouterError::Connect {
             router: name.to_string(),
             url: url.to_string(),
             source,
-        })
+        };
+        let (host, port) = parse_router_url(url)?;
+        let fut = Self::connect_inner(name, url, &host, port, params.clone());
+        match tokio::time::timeout(params.connect_timeout, fut).await {
+            Ok(r) => r.map_err(connect_error),
+            Err(_) => Err(connect_error(ConnectError::Timeout(params.connect_timeout))),
+        }
     }
 
     async fn connect_inner(
@@ -149,57 +159,77 @@ impl RouterConnection {
             .map_err(ConnectError::from_tls_io)?;
         let (mut rd, mut wr) = tokio::io::split(tls);
 
-        let mut buf = BytesMut::new();
-        channel::hello(&params.token, &params.label)
-            .encode(&mut buf)
-            .map_err(ConnectError::EncodeHello)?;
-        wr.write_all(&buf)
-            .await
-            .map_err(ConnectError::from_tls_io)?;
+        let config = ChannelConfig {
+            label: params.label.clone(),
+            sdk_flow_control: params.sdk_flow_control,
+            ..ChannelConfig::default()
+        };
+        let hello_timeout = config.hello_timeout;
+        let mut ch = Channel::new(
+            config,
+            &params.token,
+            Instant::now(),
+            rand::random(),
+            unix_ms(),
+        );
+        // The hello: write it, then read until the channel says how it went.
+        while let Some(bytes) = ch.poll_transmit(WRITE_BATCH) {
+            wr.write_all(&bytes)
+                .await
+                .map_err(ConnectError::from_tls_io)?;
+        }
         wr.flush().await.map_err(ConnectError::from_tls_io)?;
-
-        let mut decoder = FrameDecoder::new(Limits::default());
-        let mut inbuf = BytesMut::with_capacity(64 * 1024);
-        let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let hello = tokio::time::timeout(hello_timeout, async {
             loop {
-                if let Some(msg) = decoder.decode(&mut inbuf).map_err(ConnectError::Frame)? {
-                    return HelloResult::parse(&msg)
-                        .ok_or(ConnectError::UnexpectedAnswer(msg.content_type));
+                while let Some(event) = ch.poll_event() {
+                    match event {
+                        Event::Connected(h) => return Ok(*h),
+                        Event::Closed(ChannelClosed::HelloRejected(text)) => {
+                            return Err(ConnectError::HelloRejected(text));
+                        }
+                        Event::Closed(ChannelClosed::BadFrame(e)) => {
+                            return Err(ConnectError::Frame(e));
+                        }
+                        Event::Closed(_) => return Err(ConnectError::ClosedDuringHello),
+                        _ => {}
+                    }
                 }
+                buf.clear();
                 let n = rd
-                    .read_buf(&mut inbuf)
+                    .read_buf(&mut buf)
                     .await
                     .map_err(ConnectError::from_tls_io)?;
                 if n == 0 {
                     return Err(ConnectError::ClosedDuringHello);
                 }
+                ch.handle_input(Instant::now(), &buf);
             }
         })
         .await
-        .map_err(|_| ConnectError::HelloTimeout(HELLO_TIMEOUT))??;
-        if !hello.success {
-            return Err(ConnectError::HelloRejected(hello.message.clone()));
-        }
+        .map_err(|_| ConnectError::HelloTimeout(hello_timeout))??;
 
-        let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let (closed_tx, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             name: name.to_string(),
             url: url.to_string(),
-            outbound: out_tx,
-            sequence: AtomicI32::new(1),
-            pending: Mutex::new(HashMap::new()),
-            mux: Mutex::new(Mux::default()),
-            closed: closed_tx,
-            latency_nanos: AtomicU64::new(u64::MAX),
-            last_read: Mutex::new(Instant::now()),
-            probe_in_flight: AtomicBool::new(false),
             hello,
+            state: Mutex::new(State {
+                ch,
+                readers: HashMap::new(),
+                writers: HashMap::new(),
+                opening: HashMap::new(),
+                binds: HashMap::new(),
+                timer_at: None,
+            }),
+            transmit: Notify::new(),
+            timer: Notify::new(),
+            closed: closed_tx,
         });
         let conn = RouterConnection { shared };
-        tokio::spawn(writer_task(wr, out_rx, conn.shared.closed.subscribe()));
-        tokio::spawn(reader_task(rd, decoder, inbuf, conn.clone()));
-        tokio::spawn(prober_task(conn.clone()));
+        tokio::spawn(writer_task(wr, conn.clone()));
+        tokio::spawn(reader_task(rd, conn.clone()));
+        tokio::spawn(timer_task(conn.clone()));
         if let Some(updates) = params.token_updates {
             tokio::spawn(token_update_task(conn.clone(), updates));
         }
@@ -235,288 +265,296 @@ impl RouterConnection {
 
     /// Last measured round-trip time, if any probe has completed.
     pub fn latency(&self) -> Option<Duration> {
-        match self.shared.latency_nanos.load(Ordering::Relaxed) {
-            u64::MAX => None,
-            n => Some(Duration::from_nanos(n)),
-        }
+        self.lock().ok().and_then(|s| s.ch.latency())
+    }
+
+    /// Edge connections and binds open on this channel.
+    pub fn connection_count(&self) -> usize {
+        self.lock().map(|s| s.ch.connection_count()).unwrap_or(0)
     }
 
     /// Closes the channel; every connection on it ends.
     pub fn close(&self) {
-        self.shared.closed.send_replace(true);
+        let _ = self.with(|s| s.ch.close());
     }
 
-    /// Takes a free connection id (below 0x8000_0000; router-assigned ids start above) and
-    /// routes its traffic to `sink` until [`RouterConnection::unregister`].
-    pub(crate) fn register_new(&self, sink: Sink) -> Result<u32, RouterError> {
-        let mut mux = self.shared.mux.lock().map_err(|_| self.closed_error())?;
-        let id = mux
-            .ids
-            .allocate()
-            .ok_or_else(|| RouterError::NoFreeConnId {
-                router: self.shared.name.clone(),
-            })?;
-        mux.sinks.insert(id, sink);
-        Ok(id)
-    }
-
-    /// Routes traffic for a router-assigned `conn_id` to `sink`.
-    pub(crate) fn register(&self, conn_id: u32, sink: Sink) {
-        if let Ok(mut mux) = self.shared.mux.lock() {
-            mux.sinks.insert(conn_id, sink);
-        }
-    }
-
-    /// Stops routing traffic for `conn_id` and frees the id.
-    pub(crate) fn unregister(&self, conn_id: u32) {
-        if let Ok(mut mux) = self.shared.mux.lock() {
-            mux.sinks.remove(&conn_id);
-            mux.ids.release(conn_id);
-        }
-    }
-
-    /// The outgoing queue (for streams that send through `PollSender`).
-    pub(crate) fn outbound(&self) -> mpsc::Sender<Message> {
-        self.shared.outbound.clone()
-    }
-
-    pub(crate) fn next_sequence(&self) -> i32 {
-        // Keep clear of -1 (hello / "not a reply") and wrap within positive values.
-        self.shared
-            .sequence
-            .fetch_add(1, Ordering::Relaxed)
-            .rem_euclid(i32::MAX)
-            .max(1)
-    }
-
-    /// Queues a message (sequence assigned here). Waits while the outgoing queue is full.
-    pub async fn send(&self, mut msg: Message) -> Result<(), RouterError> {
-        msg.sequence = self.next_sequence();
-        self.shared
-            .outbound
-            .send(msg)
-            .await
-            .map_err(|_| self.closed_error())
-    }
-
-    /// Queues a message without waiting; hands it back if the queue is full (or closed).
-    pub(crate) fn try_send_or_return(&self, mut msg: Message) -> Result<(), Message> {
-        msg.sequence = self.next_sequence();
-        self.shared.outbound.try_send(msg).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
-        })
-    }
-
-    /// Queues a message without waiting; fails if the queue is full or the channel is closed.
-    pub(crate) fn try_send(&self, mut msg: Message) -> Result<(), RouterError> {
-        msg.sequence = self.next_sequence();
-        self.shared
-            .outbound
-            .try_send(msg)
-            .map_err(|_| self.closed_error())
-    }
-
-    /// Sends a request and waits up to `timeout` for the message that replies to it.
-    pub async fn request(
-        &self,
-        mut msg: Message,
-        timeout: Duration,
-    ) -> Result<Message, RouterError> {
-        let seq = self.next_sequence();
-        msg.sequence = seq;
-        let (tx, rx) = oneshot::channel();
-        if let Ok(mut p) = self.shared.pending.lock() {
-            p.insert(seq, tx);
-        }
-        let result = async {
-            self.shared
-                .outbound
-                .send(msg)
-                .await
-                .map_err(|_| self.closed_error())?;
-            let mut closed = self.shared.closed.subscribe();
-            tokio::select! {
-                reply = rx => reply.map_err(|_| self.closed_error()),
-                _ = closed.wait_for(|c| *c) => Err(self.closed_error()),
-            }
-        };
-        let out = match tokio::time::timeout(timeout, result).await {
-            Ok(r) => r,
-            Err(_) => Err(RouterError::Timeout {
-                router: self.shared.name.clone(),
-                after: timeout,
-            }),
-        };
-        if let Ok(mut p) = self.shared.pending.lock() {
-            p.remove(&seq);
-        }
-        out
-    }
-
-    fn closed_error(&self) -> RouterError {
+    pub(crate) fn closed_error(&self) -> RouterError {
         RouterError::Closed {
             router: self.shared.name.clone(),
         }
     }
 
-    fn mark_closed(&self, why: &str) {
-        if !self.shared.closed.send_replace(true) {
-            tracing::warn!(router = %self.shared.name, reason = why, "edge router connection closed");
+    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, State>, RouterError> {
+        self.shared.state.lock().map_err(|_| self.closed_error())
+    }
+
+    /// Runs `f` on the channel, then delivers the events it caused and wakes the writer and
+    /// the timer as needed.
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> Result<T, RouterError> {
+        let mut state = self.lock()?;
+        let out = f(&mut state);
+        self.after(&mut state);
+        Ok(out)
+    }
+
+    /// Starts opening a connection (dial or bind) with `start`, then waits for its outcome.
+    pub(crate) async fn open(
+        &self,
+        start: impl FnOnce(&mut Channel, Instant) -> Result<u32, OpenError>,
+    ) -> Result<(u32, Option<String>), OpenError> {
+        let (tx, rx) = oneshot::channel();
+        let id = self
+            .with(|s| {
+                let id = start(&mut s.ch, Instant::now())?;
+                s.opening.insert(id, tx);
+                Ok::<u32, OpenError>(id)
+            })
+            .map_err(|_| OpenError::ChannelClosed)??;
+        // If this future is dropped, the reader finds no waiter and closes the connection.
+        let circuit = rx.await.map_err(|_| OpenError::ChannelClosed)??;
+        Ok((id, circuit))
+    }
+
+    /// Registers the waker of connection `id`'s reader.
+    pub(crate) fn want_read(state: &mut State, id: u32, waker: &Waker) {
+        state.readers.insert(id, waker.clone());
+    }
+
+    /// Registers the waker of connection `id`'s writer.
+    pub(crate) fn want_write(state: &mut State, id: u32, waker: &Waker) {
+        state.writers.insert(id, waker.clone());
+    }
+
+    /// Forgets a connection's wakers (the stream is gone).
+    pub(crate) fn forget(state: &mut State, id: u32) {
+        state.readers.remove(&id);
+        state.writers.remove(&id);
+    }
+
+    /// Delivers events, then makes sure the writer and the timer know about new work.
+    fn after(&self, state: &mut State) {
+        while let Some(event) = state.ch.poll_event() {
+            self.deliver(state, event);
         }
-        // Dropping the senders ends every stream and bind on this channel.
-        if let Ok(mut mux) = self.shared.mux.lock() {
-            *mux = Mux::default();
+        if state.ch.transmit_len() > 0 {
+            self.shared.transmit.notify_one();
         }
-        if let Ok(mut p) = self.shared.pending.lock() {
-            p.clear();
+        let next = state.ch.poll_timeout();
+        if let Some(t) = next
+            && state.timer_at.is_none_or(|armed| t < armed)
+        {
+            self.shared.timer.notify_one();
         }
     }
 
-    async fn dispatch(&self, msg: Message) {
-        if let Ok(mut t) = self.shared.last_read.lock() {
-            *t = Instant::now();
-        }
-        if let Some(seq) = msg.reply_for() {
-            let waiter = self
-                .shared
-                .pending
-                .lock()
-                .ok()
-                .and_then(|mut p| p.remove(&seq));
-            if let Some(w) = waiter {
-                let _ = w.send(msg);
-                return;
-            }
-        }
-        let conn_id = msg.headers.get_u32(edge::header::CONN_ID);
-        let sink = conn_id.and_then(|id| {
-            self.shared
-                .mux
-                .lock()
-                .ok()
-                .and_then(|m| m.sinks.get(&id).cloned())
-        });
-        match (sink, conn_id) {
-            (Some(sink), Some(id)) => {
-                // Waiting here is the back-pressure: see the module docs.
-                if sink.sender().send(msg).await.is_err() {
-                    self.unregister(id);
+    fn deliver(&self, state: &mut State, event: Event) {
+        match event {
+            Event::Readable { conn } => {
+                if let Some(w) = state.readers.remove(&conn) {
+                    w.wake();
                 }
             }
-            (None, Some(id))
-                if ContentType::from_i32(msg.content_type) == Some(ContentType::Data) =>
-            {
-                // Data for a connection we no longer know: tell the router to drop it.
-                let _ = self.try_send(edge::state_closed(id, "connection closed"));
+            Event::Writable => {
+                for (_, w) in state.writers.drain() {
+                    w.wake();
+                }
             }
-            _ => {
-                tracing::debug!(
-                    router = %self.shared.name,
-                    content_type = msg.content_type,
-                    "dropping message nobody waits for"
-                );
+            Event::ConnWritable { conn } => {
+                if let Some(w) = state.writers.remove(&conn) {
+                    w.wake();
+                }
             }
+            Event::DialSucceeded { conn, circuit_id } => {
+                let taken = state
+                    .opening
+                    .remove(&conn)
+                    .map(|tx| tx.send(Ok(circuit_id)).is_ok());
+                if taken != Some(true) {
+                    // Nobody waits any more (the dial was cancelled): close it.
+                    state.ch.close_conn(Instant::now(), conn, "dial cancelled");
+                }
+            }
+            Event::DialFailed { conn, error } => {
+                if let Some(tx) = state.opening.remove(&conn) {
+                    let _ = tx.send(Err(error));
+                }
+            }
+            Event::BindSucceeded { bind } => {
+                state.binds.entry(bind).or_default();
+                if let Some(tx) = state.opening.remove(&bind)
+                    && tx.send(Ok(None)).is_err()
+                {
+                    state.binds.remove(&bind);
+                    state.ch.unbind(bind, "");
+                }
+            }
+            Event::BindFailed { bind, error } => {
+                if let Some(tx) = state.opening.remove(&bind) {
+                    let _ = tx.send(Err(error));
+                }
+            }
+            Event::TerminatorEstablished { bind } => {
+                tracing::debug!(router = %self.shared.name, bind, "terminator established");
+            }
+            Event::BindClosed { bind, reason } => {
+                let inbox = state.binds.entry(bind).or_default();
+                inbox.closed = Some(reason);
+                if let Some(w) = inbox.waker.take() {
+                    w.wake();
+                }
+            }
+            Event::IncomingDial {
+                bind,
+                dial,
+                request,
+            } => match state.binds.get_mut(&bind) {
+                Some(inbox) if inbox.dials.len() < BIND_QUEUE => {
+                    inbox.dials.push_back((dial, request));
+                    if let Some(w) = inbox.waker.take() {
+                        w.wake();
+                    }
+                }
+                Some(_) => {
+                    tracing::warn!(router = %self.shared.name, bind, "rejecting a dial: the host has {BIND_QUEUE} dials waiting to be accepted");
+                    state.ch.reject(
+                        bind,
+                        &request,
+                        "the host is not accepting connections fast enough",
+                    );
+                }
+                None => state.ch.reject(bind, &request, "not listening"),
+            },
+            Event::TokenUpdated { result } => match result {
+                Ok(()) => {
+                    tracing::debug!(router = %self.shared.name, "router accepted the refreshed token")
+                }
+                Err(reason) => {
+                    tracing::warn!(router = %self.shared.name, %reason, "router refused the refreshed token")
+                }
+            },
+            Event::Connected(_) => {}
+            Event::Latency(rtt) => {
+                tracing::trace!(router = %self.shared.name, ?rtt, "latency probe");
+            }
+            Event::Closed(why) => {
+                if !self.shared.closed.send_replace(true) {
+                    tracing::warn!(router = %self.shared.name, reason = %error_chain(&why), "edge router connection closed");
+                }
+                for (_, w) in state.readers.drain() {
+                    w.wake();
+                }
+                for (_, w) in state.writers.drain() {
+                    w.wake();
+                }
+                for (_, tx) in state.opening.drain() {
+                    let _ = tx.send(Err(OpenError::ChannelClosed));
+                }
+                for inbox in state.binds.values_mut() {
+                    if inbox.closed.is_none() {
+                        inbox.closed = Some(why.to_string());
+                    }
+                    if let Some(w) = inbox.waker.take() {
+                        w.wake();
+                    }
+                }
+                self.shared.transmit.notify_one();
+                self.shared.timer.notify_one();
+            }
+        }
+    }
+
+    /// Maps a failed open to the router error callers see.
+    pub(crate) fn open_error(&self, e: OpenError) -> RouterError {
+        let router = self.shared.name.clone();
+        match e {
+            OpenError::Refused(failure) => RouterError::Dial { router, failure },
+            OpenError::BindRefused(reason) => RouterError::Refused { router, reason },
+            OpenError::TimedOut(after) => RouterError::Timeout { router, after },
+            OpenError::Protocol(source) => RouterError::Protocol { router, source },
+            OpenError::ChannelClosed => RouterError::Closed { router },
         }
     }
 }
 
-async fn writer_task<W: tokio::io::AsyncWrite + Unpin>(
-    mut wr: W,
-    mut rx: mpsc::Receiver<Message>,
-    mut closed: watch::Receiver<bool>,
-) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+async fn writer_task<W: tokio::io::AsyncWrite + Unpin>(mut wr: W, conn: RouterConnection) {
     loop {
-        let first = tokio::select! {
-            m = rx.recv() => m,
-            _ = closed.wait_for(|c| *c) => None,
+        let next = conn.with(|s| (s.ch.poll_transmit(WRITE_BATCH), s.ch.closed().is_some()));
+        let (chunk, closed) = match next {
+            Ok(v) => v,
+            Err(_) => break,
         };
-        let Some(first) = first else { break };
-        buf.clear();
-        if first.encode(&mut buf).is_err() {
-            continue;
-        }
-        while buf.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(m) => {
-                    let _ = m.encode(&mut buf);
+        match chunk {
+            Some(bytes) => {
+                if let Err(e) = wr.write_all(&bytes).await {
+                    let _ = conn.with(|s| s.ch.transport_closed(&format!("write failed: {e}")));
+                    break;
                 }
-                Err(_) => break,
+                // Flush only when nothing else is ready, so bursts coalesce into TLS records.
+                let more = conn
+                    .lock()
+                    .map(|s| s.ch.transmit_len() > 0)
+                    .unwrap_or(false);
+                if !more && wr.flush().await.is_err() {
+                    let _ = conn.with(|s| s.ch.transport_closed("flush failed"));
+                    break;
+                }
             }
-        }
-        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
-            break;
+            None if closed => break,
+            None => conn.shared.transmit.notified().await,
         }
     }
     let _ = wr.shutdown().await;
 }
 
-async fn reader_task<R: tokio::io::AsyncRead + Unpin>(
-    mut rd: R,
-    mut decoder: FrameDecoder,
-    mut inbuf: BytesMut,
-    conn: RouterConnection,
-) {
+async fn reader_task<R: tokio::io::AsyncRead + Unpin>(mut rd: R, conn: RouterConnection) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut closed = conn.shared.closed.subscribe();
     let why = loop {
-        loop {
-            match decoder.decode(&mut inbuf) {
-                Ok(Some(msg)) => conn.dispatch(msg).await,
-                Ok(None) => break,
-                Err(e) => {
-                    conn.mark_closed(&format!("bad frame: {}", error_chain(&e)));
-                    return;
-                }
-            }
-        }
-        if inbuf.capacity() - inbuf.len() < 16 * 1024 {
-            inbuf.reserve(64 * 1024);
-        }
+        buf.clear();
         let read = tokio::select! {
-            r = rd.read_buf(&mut inbuf) => r,
-            _ = closed.wait_for(|c| *c) => break "closed locally".to_string(),
+            r = rd.read_buf(&mut buf) => r,
+            _ = closed.wait_for(|c| *c) => return,
         };
         match read {
             Ok(0) => break "router closed the connection".to_string(),
-            Ok(_) => {}
-            Err(e) => break format!("read error: {}", error_chain(&e)),
-        }
-    };
-    conn.mark_closed(&why);
-}
-
-async fn prober_task(conn: RouterConnection) {
-    let mut closed = conn.shared.closed.subscribe();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
-            _ = closed.wait_for(|c| *c) => return,
-        }
-        if conn.shared.probe_in_flight.swap(true, Ordering::AcqRel) {
-            continue;
-        }
-        let started = Instant::now();
-        let probe = channel::latency_probe(unix_nanos());
-        match conn.request(probe, PROBE_TIMEOUT).await {
             Ok(_) => {
-                let rtt = started.elapsed().as_nanos().min(u64::MAX as u128 - 1) as u64;
-                conn.shared.latency_nanos.store(rtt, Ordering::Relaxed);
-            }
-            Err(RouterError::Timeout { .. }) => {
-                let idle = conn
-                    .shared
-                    .last_read
-                    .lock()
-                    .map(|t| *t < started)
-                    .unwrap_or(true);
-                if idle {
-                    conn.mark_closed("latency probe timed out and nothing was received");
+                let now = Instant::now();
+                if conn.with(|s| s.ch.handle_input(now, &buf)).is_err() {
                     return;
                 }
             }
-            Err(_) => return,
+            Err(e) => break format!("read error: {e}"),
         }
-        conn.shared.probe_in_flight.store(false, Ordering::Release);
+    };
+    let _ = conn.with(|s| s.ch.transport_closed(&why));
+}
+
+async fn timer_task(conn: RouterConnection) {
+    loop {
+        let next = conn.with(|s| {
+            let t = s.ch.poll_timeout();
+            s.timer_at = t;
+            (t, s.ch.closed().is_some())
+        });
+        let (deadline, closed) = match next {
+            Ok(v) => v,
+            Err(_) => return,
+        };
+        if closed {
+            return;
+        }
+        match deadline {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {
+                        let now = Instant::now();
+                        let _ = conn.with(|s| s.ch.handle_timeout(now));
+                    }
+                    _ = conn.shared.timer.notified() => {}
+                }
+            }
+            None => conn.shared.timer.notified().await,
+        }
     }
 }
 
@@ -528,29 +566,18 @@ async fn token_update_task(conn: RouterConnection, mut updates: watch::Receiver<
             _ = closed.wait_for(|c| *c) => return,
         }
         let token = updates.borrow_and_update().clone();
-        match conn
-            .request(edge::update_token(&token), Duration::from_secs(10))
-            .await
-        {
-            Ok(reply) if reply.content_type == ContentType::UpdateTokenSuccess as i32 => {
-                tracing::debug!(router = %conn.shared.name, "router accepted the refreshed token");
-            }
-            Ok(reply) => tracing::warn!(
-                router = %conn.shared.name,
-                reason = %String::from_utf8_lossy(&reply.body),
-                "router refused the refreshed token"
-            ),
-            Err(e) => {
-                tracing::warn!(router = %conn.shared.name, error = %error_chain(&e), "token update failed")
-            }
+        let now = Instant::now();
+        if conn.with(|s| s.ch.update_token(now, &token)).is_err() {
+            return;
         }
     }
 }
 
-fn unix_nanos() -> u64 {
+/// The wall clock in Unix milliseconds (xgress RTT stamps).
+fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 

@@ -1,15 +1,13 @@
-//! Dialing a service over a router channel (classic session-token Connect, legacy data mode).
+//! Dialing a service over a router channel (classic session-token Connect).
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
-use crate::channel::Message;
-use crate::edge::{self, CloseReason, ConnEvent, ConnState, EdgeConn};
+use crate::edge::DialParams;
 
 use super::RouterError;
-use super::connection::{INBOUND_QUEUE, RouterConnection, Sink};
+use super::connection::RouterConnection;
 use super::stream::{EdgeStream, PeerInfo};
 
 /// What to dial.
@@ -35,80 +33,28 @@ impl RouterConnection {
     /// Dials `req.service` through this router. A refusal comes back as [`RouterError::Dial`]
     /// with the classified reason (no terminators, not authorized, ...).
     pub async fn dial(&self, req: &DialRequest) -> Result<EdgeStream, RouterError> {
-        let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-        // Register before sending: the host's data may follow StateConnected immediately.
-        let conn_id = self.register_new(Sink::Stream(tx))?;
-        let result = self.dial_registered(conn_id, req, rx).await;
-        if result.is_err() {
-            self.unregister(conn_id);
-        }
-        result
-    }
-
-    async fn dial_registered(
-        &self,
-        conn_id: u32,
-        req: &DialRequest,
-        rx: mpsc::Receiver<Message>,
-    ) -> Result<EdgeStream, RouterError> {
-        let mut edge = EdgeConn::dial(conn_id, req.encrypted);
-        let mut connect = edge.connect_request(&req.session_token);
-        connect.terminator_identity = req.terminator_identity.clone();
-        connect.caller_id = req.caller_id.clone();
-        connect.app_data = req.app_data.clone();
-
-        let reply = match self.request(edge::connect(&connect), req.timeout).await {
-            Ok(r) => r,
-            Err(e) => {
-                // The router may still build the circuit; tell it we gave up.
-                let _ = self.try_send(edge.close("dial timed out"));
-                return Err(e);
-            }
+        let params = DialParams {
+            session_token: req.session_token.clone(),
+            encrypted: req.encrypted,
+            terminator_identity: req.terminator_identity.clone(),
+            caller_id: req.caller_id.clone(),
+            app_data: req.app_data.clone(),
+            timeout: req.timeout,
         };
-        let events = match edge.handle(&reply) {
-            Ok(events) => events,
-            Err(e) => {
-                // E.g. an encrypted service answered without the host's key: refuse to
-                // continue in clear.
-                let _ = self.try_send(edge.close("dial failed"));
-                return Err(RouterError::Protocol {
-                    router: self.name().to_string(),
-                    source: e,
-                });
-            }
+        let (id, circuit_id) = self
+            .open(|ch, now| ch.dial(now, &params))
+            .await
+            .map_err(|e| self.open_error(e))?;
+        let peer = PeerInfo {
+            circuit_id,
+            ..PeerInfo::default()
         };
-        let mut peer = PeerInfo::default();
-        for event in events {
-            match event {
-                ConnEvent::Connected { circuit_id, .. } => peer.circuit_id = circuit_id,
-                ConnEvent::Closed(CloseReason::DialFailed(failure)) => {
-                    return Err(RouterError::Dial {
-                        router: self.name().to_string(),
-                        failure,
-                    });
-                }
-                ConnEvent::Closed(CloseReason::ClosedByPeer { reason, .. }) => {
-                    return Err(RouterError::Refused {
-                        router: self.name().to_string(),
-                        reason,
-                    });
-                }
-                ConnEvent::Data(_) | ConnEvent::Fin => {}
-            }
-        }
-        if edge.state() != ConnState::Connected {
-            return Err(RouterError::Refused {
-                router: self.name().to_string(),
-                reason: format!(
-                    "unexpected answer to Connect (content type {})",
-                    reply.content_type
-                ),
-            });
-        }
-        // The encrypted direction starts with our stream header.
-        while let Some(msg) = edge.poll_transmit() {
-            self.send(msg).await?;
-        }
-        Ok(EdgeStream::new(self.clone(), edge, &req.service, rx, peer))
+        Ok(EdgeStream::new(
+            self.clone(),
+            id,
+            &req.service,
+            req.encrypted,
+            peer,
+        ))
     }
 }

@@ -12,7 +12,7 @@ pub use bind::{BindOptions, Binding, IncomingDial};
 pub use connection::{ConnectParams, RouterConnection};
 pub use dial::DialRequest;
 pub use pool::{RouterAddr, RouterPool};
-pub use stream::{EdgeStream, PeerInfo};
+pub use stream::{EdgeReadHalf, EdgeStream, EdgeWriteHalf, PeerInfo, StreamError};
 
 use std::io;
 use std::time::Duration;

@@ -39,6 +39,7 @@ struct Inner {
     push_token_updates: bool,
     label: String,
     connect_timeout: Duration,
+    sdk_flow_control: std::sync::atomic::AtomicBool,
     channels: Mutex<HashMap<String, RouterConnection>>,
     connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -70,10 +71,19 @@ impl RouterPool {
                 push_token_updates,
                 label: label.to_string(),
                 connect_timeout: Duration::from_secs(10),
+                sdk_flow_control: std::sync::atomic::AtomicBool::new(true),
                 channels: Mutex::new(HashMap::new()),
                 connecting: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Whether channels opened from now on ask for SDK xgress mode (default `true`; `false`
+    /// keeps every connection in legacy Data mode).
+    pub fn set_sdk_flow_control(&self, on: bool) {
+        self.inner
+            .sdk_flow_control
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Live channels.
@@ -170,6 +180,10 @@ impl RouterPool {
             token_updates: self.inner.push_token_updates.then_some(token),
             label: self.inner.label.clone(),
             connect_timeout: self.inner.connect_timeout,
+            sdk_flow_control: self
+                .inner
+                .sdk_flow_control
+                .load(std::sync::atomic::Ordering::Relaxed),
         };
         let conn = RouterConnection::connect(&router.name, &router.url, params).await?;
         if let Ok(mut m) = self.inner.channels.lock() {

@@ -1,27 +1,24 @@
 //! [`EdgeStream`]: one edge connection as a tokio byte stream.
 //!
-//! Reads come from the connection's bounded inbound queue (filled by the router reader task);
-//! writes become Data frames on the router's bounded outbound queue, so a full queue makes
-//! `poll_write` return `Pending` rather than buffer. `shutdown()` sends FIN (half-close): the peer
-//! sees end-of-file but can still answer. Dropping the stream closes the connection.
+//! Reads take what the channel buffered for this connection; when there is nothing, the stream
+//! registers its waker and the router reader wakes exactly this stream when data, FIN or the
+//! end arrives. Writes become Data messages in the channel's bounded transmit buffer; when it
+//! is full `poll_write` returns `Pending` until the writer task drained it. `shutdown()` sends
+//! FIN (half-close): the peer reads end-of-file and can still answer. Dropping the stream (both
+//! halves, after [`EdgeStream::into_split`]) closes the connection.
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::mpsc;
-use tokio_util::sync::PollSender;
 
-use crate::channel::Message;
-use crate::edge::{ConnEvent, ConnState, EdgeConn};
+use crate::edge::{ConnClosed, Recv, SendError};
 
-use super::RouterError;
 use super::connection::RouterConnection;
-
-/// Largest plaintext carried by one Data frame we send.
-pub(crate) const MAX_DATA_BODY: usize = 32 * 1024;
 
 /// Who is on the other end of an accepted connection (from the router's Dial).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,217 +35,274 @@ pub struct PeerInfo {
     pub app_data: Option<Bytes>,
 }
 
-/// A connection to (or from) a Ziti service, usable as `AsyncRead + AsyncWrite`.
-///
-/// The protocol state (FIN, close, end-to-end encryption, multipart) lives in the pure
-/// [`EdgeConn`]; this type only moves its messages between tokio and the router channel.
-pub struct EdgeStream {
+/// Why a stream operation failed; the `io::Error`s of [`EdgeStream`] carry it as their inner
+/// error (`io::Error::get_ref()` / `downcast`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// The connection ended abnormally (overflow, protocol error, router lost).
+    #[error("connection to service {service} through edge router {router} ended")]
+    Ended {
+        /// Service.
+        service: String,
+        /// Router.
+        router: String,
+        /// Why.
+        #[source]
+        source: ConnClosed,
+    },
+    /// Sending failed.
+    #[error("cannot send to service {service} through edge router {router}")]
+    Send {
+        /// Service.
+        service: String,
+        /// Router.
+        router: String,
+        /// Why.
+        #[source]
+        source: SendError,
+    },
+}
+
+/// The connection both halves share; its drop closes the connection.
+#[derive(Debug)]
+struct Inner {
     conn: RouterConnection,
-    edge: EdgeConn,
+    id: u32,
     service: String,
-    inbound: mpsc::Receiver<Message>,
-    outbound: PollSender<Message>,
-    pending: Bytes,
-    pending_parts: std::collections::VecDeque<Bytes>,
-    read_eof: bool,
-    peer_closed: bool,
+    encrypted: bool,
     peer: PeerInfo,
 }
 
-impl std::fmt::Debug for EdgeStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EdgeStream")
-            .field("service", &self.service)
-            .field("router", &self.conn.name())
-            .field("edge", &self.edge)
-            .finish_non_exhaustive()
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let id = self.id;
+        let _ = self.conn.with(|s| {
+            RouterConnection::forget(s, id);
+            s.ch.close_conn(Instant::now(), id, "closed");
+        });
     }
 }
 
+impl Inner {
+    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let id = self.id;
+        let got = self.conn.with(|s| {
+            let r = s.ch.recv(Instant::now(), id, buf.remaining());
+            if matches!(r, Recv::WouldBlock) {
+                RouterConnection::want_read(s, id, cx.waker());
+            }
+            r
+        });
+        match got {
+            Err(_) => Poll::Ready(Err(
+                self.ended(ConnClosed::Channel(crate::edge::ChannelClosed::Local))
+            )),
+            Ok(Recv::Data(bytes)) => {
+                buf.put_slice(&bytes);
+                Poll::Ready(Ok(()))
+            }
+            Ok(Recv::WouldBlock) => Poll::Pending,
+            Ok(Recv::Fin) => Poll::Ready(Ok(())),
+            // An orderly close by the peer reads as end-of-file, like a TCP FIN then RST-free
+            // close; anything else is an error that says why.
+            Ok(Recv::Closed(ConnClosed::ByPeer(reason))) => {
+                tracing::debug!(service = %self.service, %reason, "closed by the peer");
+                Poll::Ready(Ok(()))
+            }
+            Ok(Recv::Closed(other)) => Poll::Ready(Err(self.ended(other))),
+        }
+    }
+
+    fn poll_write(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let id = self.id;
+        let sent = self.conn.with(|s| {
+            let r = s.ch.send(Instant::now(), id, data);
+            if matches!(r, Err(SendError::WouldBlock)) {
+                RouterConnection::want_write(s, id, cx.waker());
+            }
+            r
+        });
+        match sent {
+            Err(_) => Poll::Ready(Err(self.send_failed(SendError::NotWritable))),
+            Ok(Ok(n)) => Poll::Ready(Ok(n)),
+            Ok(Err(SendError::WouldBlock)) => Poll::Pending,
+            Ok(Err(e)) => Poll::Ready(Err(self.send_failed(e))),
+        }
+    }
+
+    fn poll_shutdown(&self) -> Poll<io::Result<()>> {
+        let id = self.id;
+        match self.conn.with(|s| s.ch.close_write(Instant::now(), id)) {
+            Ok(Ok(())) => Poll::Ready(Ok(())),
+            Ok(Err(e)) => Poll::Ready(Err(self.send_failed(e))),
+            Err(_) => Poll::Ready(Err(self.send_failed(SendError::NotWritable))),
+        }
+    }
+
+    fn ended(&self, source: ConnClosed) -> io::Error {
+        let kind = match &source {
+            ConnClosed::Channel(_) => io::ErrorKind::ConnectionAborted,
+            ConnClosed::Protocol(_) => io::ErrorKind::InvalidData,
+            _ => io::ErrorKind::ConnectionReset,
+        };
+        io::Error::new(
+            kind,
+            StreamError::Ended {
+                service: self.service.clone(),
+                router: self.conn.name().to_string(),
+                source,
+            },
+        )
+    }
+
+    fn send_failed(&self, source: SendError) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            StreamError::Send {
+                service: self.service.clone(),
+                router: self.conn.name().to_string(),
+                source,
+            },
+        )
+    }
+}
+
+/// A connection to (or from) a Ziti service, usable as `AsyncRead + AsyncWrite`.
+#[derive(Debug)]
+pub struct EdgeStream {
+    inner: Arc<Inner>,
+}
+
+/// The reading half of an [`EdgeStream`] (from [`EdgeStream::into_split`]).
+#[derive(Debug)]
+pub struct EdgeReadHalf {
+    inner: Arc<Inner>,
+}
+
+/// The writing half of an [`EdgeStream`] (from [`EdgeStream::into_split`]); `shutdown()`
+/// half-closes.
+#[derive(Debug)]
+pub struct EdgeWriteHalf {
+    inner: Arc<Inner>,
+}
+
 impl EdgeStream {
-    /// Wraps an established connection whose id is registered on `conn` (its protocol messages,
-    /// e.g. the stream header, already sent).
+    /// Wraps connection `id`, already established on `conn`.
     pub(crate) fn new(
         conn: RouterConnection,
-        edge: EdgeConn,
+        id: u32,
         service: &str,
-        inbound: mpsc::Receiver<Message>,
+        encrypted: bool,
         peer: PeerInfo,
     ) -> Self {
         EdgeStream {
-            outbound: PollSender::new(conn.outbound()),
-            conn,
-            edge,
-            service: service.to_string(),
-            inbound,
-            pending: Bytes::new(),
-            pending_parts: Default::default(),
-            read_eof: false,
-            peer_closed: false,
-            peer,
+            inner: Arc::new(Inner {
+                conn,
+                id,
+                service: service.to_string(),
+                encrypted,
+                peer,
+            }),
         }
     }
 
     /// The service this stream belongs to.
     pub fn service(&self) -> &str {
-        &self.service
+        &self.inner.service
     }
 
     /// The edge connection id on its router channel.
     pub fn conn_id(&self) -> u32 {
-        self.edge.conn_id()
+        self.inner.id
     }
 
     /// Name of the router carrying this stream.
     pub fn router(&self) -> &str {
-        self.conn.name()
+        self.inner.conn.name()
     }
 
     /// `true` if the data is end-to-end encrypted.
     pub fn is_encrypted(&self) -> bool {
-        self.edge.is_encrypted()
+        self.inner.encrypted
     }
 
     /// The peer, for accepted streams (only the circuit id for dialed ones).
     pub fn peer(&self) -> &PeerInfo {
-        &self.peer
+        &self.inner.peer
     }
 
-    fn sequenced(&self, mut msg: Message) -> Message {
-        msg.sequence = self.conn.next_sequence();
-        msg
-    }
-
-    /// Feeds one inbound message to the state machine and queues what it yields.
-    fn absorb(&mut self, msg: Message) -> io::Result<()> {
-        let events = self.edge.handle(&msg).map_err(|e| {
-            self.read_eof = true;
-            io::Error::new(io::ErrorKind::InvalidData, e)
-        })?;
-        for event in events {
-            match event {
-                ConnEvent::Data(bytes) => self.pending_parts.push_back(bytes),
-                ConnEvent::Fin => self.read_eof = true,
-                ConnEvent::Closed(reason) => {
-                    tracing::debug!(service = %self.service, ?reason, "closed by the peer");
-                    self.read_eof = true;
-                    self.peer_closed = true;
-                }
-                ConnEvent::Connected { .. } => {}
-            }
-        }
-        Ok(())
+    /// Splits into owned halves that can live in different tasks; the connection closes when
+    /// both are dropped.
+    pub fn into_split(self) -> (EdgeReadHalf, EdgeWriteHalf) {
+        (
+            EdgeReadHalf {
+                inner: self.inner.clone(),
+            },
+            EdgeWriteHalf { inner: self.inner },
+        )
     }
 }
 
 impl AsyncRead for EdgeStream {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        loop {
-            if !self.pending.is_empty() {
-                let n = self.pending.len().min(buf.remaining());
-                let chunk = self.pending.split_to(n);
-                buf.put_slice(&chunk);
-                return Poll::Ready(Ok(()));
-            }
-            if let Some(next) = self.pending_parts.pop_front() {
-                self.pending = next;
-                continue;
-            }
-            if self.read_eof {
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(self.inbound.poll_recv(cx)) {
-                Some(msg) => self.absorb(msg)?,
-                None => {
-                    self.read_eof = true;
-                    return Poll::Ready(Err(lost(&self.conn, io::ErrorKind::ConnectionAborted)));
-                }
-            }
-        }
+        self.inner.poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for EdgeStream {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        ready!(self.outbound.poll_reserve(cx)).map_err(|_| broken(&self.conn))?;
-        let n = buf.len().min(MAX_DATA_BODY);
-        let frame = self
-            .edge
-            .send(&buf[..n])
-            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
-        let frame = self.sequenced(frame);
-        self.outbound
-            .send_item(frame)
-            .map_err(|_| broken(&self.conn))?;
-        Poll::Ready(Ok(n))
+        self.inner.poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // The writer task flushes TLS after every batch.
+        // The writer task flushes TLS whenever its queue runs dry.
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if matches!(
-            self.edge.state(),
-            ConnState::LocalFinSent | ConnState::Closed
-        ) {
-            return Poll::Ready(Ok(()));
-        }
-        ready!(self.outbound.poll_reserve(cx)).map_err(|_| broken(&self.conn))?;
-        let fin = self
-            .edge
-            .close_write()
-            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
-        let fin = self.sequenced(fin);
-        self.outbound
-            .send_item(fin)
-            .map_err(|_| broken(&self.conn))?;
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_shutdown()
+    }
+}
+
+impl AsyncRead for EdgeReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.inner.poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for EdgeWriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
-}
 
-impl Drop for EdgeStream {
-    fn drop(&mut self) {
-        self.conn.unregister(self.edge.conn_id());
-        if self.peer_closed {
-            return;
-        }
-        let msg = self.edge.close("closed");
-        if let Err(msg) = self.conn.try_send_or_return(msg) {
-            // Queue full: finish the close in the background rather than leak the circuit.
-            let conn = self.conn.clone();
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    let _ = conn.send(msg).await;
-                });
-            }
-        }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_shutdown()
     }
-}
-
-fn broken(conn: &RouterConnection) -> io::Error {
-    lost(conn, io::ErrorKind::BrokenPipe)
-}
-
-/// The router channel under the stream is gone: an I/O error of `kind` carrying
-/// [`RouterError::Closed`].
-fn lost(conn: &RouterConnection, kind: io::ErrorKind) -> io::Error {
-    io::Error::new(
-        kind,
-        RouterError::Closed {
-            router: conn.name().to_string(),
-        },
-    )
 }

@@ -235,6 +235,18 @@ impl Circuit {
         self.tx == TxState::Open && !self.send.accepts_payload(&self.opts)
     }
 
+    /// Like [`Circuit::is_blocked`], and when blocked also asks for [`Event::Writable`] once
+    /// the window opens (as a refused [`Circuit::send`] does). For shells that must not hand
+    /// data over before they know it is taken (encryption advances with every payload).
+    pub fn poll_writable(&mut self) -> bool {
+        if self.is_blocked() {
+            self.send_blocked = true;
+            false
+        } else {
+            true
+        }
+    }
+
     /// Queues up to `max_payload_size` bytes of `data` as one payload and returns how many
     /// were taken (0 for empty `data`). A payload is accepted while the window is open (it
     /// may overshoot the window by one payload, as in Go).

@@ -40,6 +40,7 @@ use super::{
 };
 use crate::channel::{self, FrameDecoder, FrameError, HelloResult, Limits, Message, Sequencer};
 use crate::e2ee::KeyPair;
+use crate::xgress::{self, Circuit, Delivery, Originator, PayloadHeaders, XgMessage};
 
 #[cfg(test)]
 mod tests;
@@ -66,6 +67,12 @@ pub struct ChannelConfig {
     pub transmit_limit: usize,
     /// Largest plaintext carried by one Data message.
     pub max_data_body: usize,
+    /// Ask for SDK xgress mode (header 1028) on dials and binds: per-circuit flow control, so a
+    /// reader that stops slows only its own circuit. Connections the router does not confirm
+    /// it for use legacy Data.
+    pub sdk_flow_control: bool,
+    /// Circuit tunables in SDK xgress mode.
+    pub xgress: xgress::Options,
 }
 
 impl Default for ChannelConfig {
@@ -80,6 +87,8 @@ impl Default for ChannelConfig {
             overflow_grace: Duration::from_secs(10),
             transmit_limit: 1024 * 1024,
             max_data_body: 32 * 1024,
+            sdk_flow_control: true,
+            xgress: xgress::Options::default(),
         }
     }
 }
@@ -279,6 +288,11 @@ pub enum Event {
     },
     /// The transmit buffer has room again after a [`SendError::WouldBlock`].
     Writable,
+    /// Connection `conn`'s circuit window opened again after a [`SendError::WouldBlock`].
+    ConnWritable {
+        /// The connection.
+        conn: u32,
+    },
     /// The answer to [`Channel::update_token`].
     TokenUpdated {
         /// `Err` with the router's text when refused.
@@ -316,6 +330,14 @@ struct Slot {
     closed: Option<ConnClosed>,
     /// Since when the receive buffer is above the window (legacy overflow policy).
     overflow_since: Option<Instant>,
+    /// When the application last took data (legacy overflow policy).
+    last_read: Option<Instant>,
+    /// SDK xgress mode: the circuit under this connection.
+    xg: Option<Box<Circuit>>,
+    /// The circuit's armed deadline (an entry of `Channel::xg_deadlines`).
+    xg_deadline: Option<Instant>,
+    /// The application closed the connection; the slot lives on until its circuit drained.
+    closing: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,6 +367,13 @@ pub struct Channel {
     ids: ConnIdAllocator,
     /// Overflow deadlines (deadline, conn), earliest first.
     overflow_deadlines: BTreeSet<(Instant, u32)>,
+    /// Circuit deadlines (deadline, conn), earliest first (SDK xgress mode).
+    xg_deadlines: BTreeSet<(Instant, u32)>,
+    /// Circuit id -> connection (acknowledgements carry only the circuit id).
+    circuits: HashMap<String, u32>,
+    /// Wall clock at `clock_base`, in Unix milliseconds (xgress RTT stamps).
+    unix_base_ms: u64,
+    clock_base: Instant,
     events: VecDeque<Event>,
     rng: rand::rngs::StdRng,
     hello: Option<HelloResult>,
@@ -368,8 +397,9 @@ impl std::fmt::Debug for Channel {
 
 impl Channel {
     /// A channel that starts by sending the hello with `token` (API session or OIDC access
-    /// token). `seed` drives every random choice (key pairs, stream headers).
-    pub fn new(config: ChannelConfig, token: &str, now: Instant, seed: u64) -> Self {
+    /// token). `seed` drives every random choice (key pairs, stream headers); `unix_ms` is the
+    /// wall clock at `now` (xgress RTT stamps are Unix milliseconds).
+    pub fn new(config: ChannelConfig, token: &str, now: Instant, seed: u64, unix_ms: u64) -> Self {
         let mut ch = Channel {
             decoder: FrameDecoder::new(config.limits),
             phase: Phase::AwaitingHello,
@@ -383,6 +413,10 @@ impl Channel {
             slots: HashMap::new(),
             ids: ConnIdAllocator::new(),
             overflow_deadlines: BTreeSet::new(),
+            xg_deadlines: BTreeSet::new(),
+            circuits: HashMap::new(),
+            unix_base_ms: unix_ms,
+            clock_base: now,
             events: VecDeque::new(),
             rng: rand::rngs::StdRng::seed_from_u64(seed),
             hello: None,
@@ -485,6 +519,7 @@ impl Channel {
         [
             self.deadlines.first().map(|(t, _)| *t),
             self.overflow_deadlines.first().map(|(t, _)| *t),
+            self.xg_deadlines.first().map(|(t, _)| *t),
             self.next_probe,
         ]
         .into_iter()
@@ -512,7 +547,20 @@ impl Channel {
                 break;
             }
             self.overflow_deadlines.remove(&(at, conn));
-            self.overflow_expired(conn);
+            self.overflow_expired(now, conn);
+        }
+        while let Some(&(at, conn)) = self.xg_deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.xg_deadlines.remove(&(at, conn));
+            if let Some(slot) = self.slots.get_mut(&conn) {
+                slot.xg_deadline = None;
+                if let Some(c) = slot.xg.as_mut() {
+                    c.handle_timeout(now);
+                }
+            }
+            self.pump(now, conn);
         }
         if let Some(at) = self.next_probe
             && at <= now
@@ -580,6 +628,9 @@ impl Channel {
         req.caller_id = params.caller_id.clone();
         req.app_data = params.app_data.clone();
         let mut msg = super::connect(&req);
+        if self.config.sdk_flow_control {
+            msg.headers.put_bool(header::USE_XGRESS_TO_SDK, true);
+        }
         let seq = self.seq.stamp(&mut msg);
         self.slots.insert(conn, Slot::new(edge, SlotKind::Dialing));
         self.pending.insert(
@@ -606,6 +657,9 @@ impl Channel {
         let mut req = params.request.clone();
         req.conn_id = bind;
         let mut msg = super::bind(&req);
+        if self.config.sdk_flow_control {
+            msg.headers.put_bool(header::USE_XGRESS_TO_SDK, true);
+        }
         let seq = self.seq.stamp(&mut msg);
         let edge = EdgeConn::dial_with(bind, None, [0; crate::e2ee::HEADER_BYTES]);
         self.slots.insert(bind, Slot::new(edge, SlotKind::Bind));
@@ -641,6 +695,7 @@ impl Channel {
     /// key pair when the service is encrypted.
     pub fn accept(
         &mut self,
+        now: Instant,
         bind: u32,
         request: &Message,
         host_key: Option<&KeyPair>,
@@ -667,11 +722,23 @@ impl Channel {
         self.seq.stamp(&mut reply);
         self.encode(&reply);
         let mut slot = Slot::new(edge, SlotKind::Stream);
-        while let Some(mut m) = slot.edge.poll_transmit() {
-            self.seq.stamp(&mut m);
-            self.encode(&m);
+        if request.headers.flag(header::USE_XGRESS_TO_SDK)
+            && let Some(circuit_id) = dial.circuit_id.clone()
+        {
+            let c = Circuit::new(
+                circuit_id.clone(),
+                conn,
+                Originator::Terminator,
+                self.config.xgress,
+                now,
+                self.unix_ms(now),
+            );
+            slot.xg = Some(Box::new(c));
+            self.circuits.insert(circuit_id, conn);
         }
         self.slots.insert(conn, slot);
+        self.flush_edge(now, conn);
+        self.pump(now, conn);
         Ok(conn)
     }
 
@@ -687,7 +754,7 @@ impl Channel {
 
     /// Sends application bytes on `conn`: takes at most one Data message's worth
     /// ([`ChannelConfig::max_data_body`]) and returns how many it took.
-    pub fn send(&mut self, conn: u32, data: &[u8]) -> Result<usize, SendError> {
+    pub fn send(&mut self, now: Instant, conn: u32, data: &[u8]) -> Result<usize, SendError> {
         if data.is_empty() {
             return Ok(0);
         }
@@ -700,16 +767,20 @@ impl Channel {
         if let Some(c) = &slot.closed {
             return Err(SendError::Closed(c.clone()));
         }
-        if slot.kind != SlotKind::Stream {
+        if slot.kind != SlotKind::Stream || slot.closing {
             return Err(SendError::NotWritable);
         }
+        if let Some(c) = slot.xg.as_mut()
+            && !c.poll_writable()
+        {
+            return Err(SendError::WouldBlock);
+        }
         let n = data.len().min(max);
-        let mut msg = slot.edge.send(&data[..n]).map_err(|e| match e {
+        let msg = slot.edge.send(&data[..n]).map_err(|e| match e {
             ConnError::InvalidState(_) => SendError::NotWritable,
             other => SendError::Conn(other),
         })?;
-        self.seq.stamp(&mut msg);
-        self.encode(&msg);
+        self.transmit_data(now, conn, msg)?;
         Ok(n)
     }
 
@@ -719,7 +790,7 @@ impl Channel {
     }
 
     /// Half-closes `conn` (FIN): the peer reads end-of-file, may still answer.
-    pub fn close_write(&mut self, conn: u32) -> Result<(), SendError> {
+    pub fn close_write(&mut self, now: Instant, conn: u32) -> Result<(), SendError> {
         let slot = self.slots.get_mut(&conn).ok_or(SendError::NotWritable)?;
         if let Some(c) = &slot.closed {
             return Err(SendError::Closed(c.clone()));
@@ -730,18 +801,35 @@ impl Channel {
         ) {
             return Ok(());
         }
-        let mut msg = slot.edge.close_write().map_err(|e| match e {
+        let msg = slot.edge.close_write().map_err(|e| match e {
             ConnError::InvalidState(_) => SendError::NotWritable,
             other => SendError::Conn(other),
         })?;
-        self.seq.stamp(&mut msg);
-        self.encode(&msg);
+        match slot.xg.as_mut() {
+            Some(c) => {
+                c.finish(now);
+                self.pump(now, conn);
+            }
+            None => {
+                let mut msg = msg;
+                self.seq.stamp(&mut msg);
+                self.encode(&msg);
+            }
+        }
         Ok(())
     }
 
     /// Takes up to `max` bytes received on `conn`.
-    pub fn recv(&mut self, conn: u32, max: usize) -> Recv {
+    pub fn recv(&mut self, now: Instant, conn: u32, max: usize) -> Recv {
         let window = self.config.recv_window;
+        let grace = self.config.overflow_grace;
+        if self
+            .slots
+            .get(&conn)
+            .is_some_and(|s| s.recv.is_empty() && s.xg.is_some())
+        {
+            self.pull(now, conn);
+        }
         let Some(slot) = self.slots.get_mut(&conn) else {
             return Recv::Closed(
                 self.closed
@@ -757,11 +845,11 @@ impl Channel {
                 front.split_to(max)
             };
             slot.buffered -= chunk.len();
+            slot.last_read = Some(now);
             if let Some(since) = slot.overflow_since
                 && slot.buffered <= window
             {
                 slot.overflow_since = None;
-                let grace = self.config.overflow_grace;
                 self.overflow_deadlines.remove(&(since + grace, conn));
             }
             return Recv::Data(chunk);
@@ -775,17 +863,29 @@ impl Channel {
         Recv::WouldBlock
     }
 
-    /// Closes `conn` (StateClosed to the router unless the peer closed it first) and forgets it.
-    pub fn close_conn(&mut self, conn: u32, reason: &str) {
-        let Some(mut slot) = self.slots.remove(&conn) else {
+    /// Closes `conn` (StateClosed to the router unless the peer closed it first, or the
+    /// circuit's own close in SDK xgress mode) and forgets it.
+    pub fn close_conn(&mut self, now: Instant, conn: u32, reason: &str) {
+        let Some(slot) = self.slots.get_mut(&conn) else {
             return;
         };
-        if let Some(since) = slot.overflow_since {
+        if let Some(since) = slot.overflow_since.take() {
             self.overflow_deadlines
                 .remove(&(since + self.config.overflow_grace, conn));
         }
-        // Router-assigned ids (accepted dials) are not ours to release, but release ignores
-        // ids it never handed out.
+        if let Some(c) = slot.xg.as_mut() {
+            // The circuit says goodbye itself (EOF / CircuitEnd, then Close); keep it until
+            // it has drained.
+            slot.closing = true;
+            slot.recv.clear();
+            slot.buffered = 0;
+            c.close(now);
+            self.pump(now, conn);
+            return;
+        }
+        let Some(mut slot) = self.slots.remove(&conn) else {
+            return;
+        };
         self.ids.release(conn);
         let peer_closed = matches!(slot.closed, Some(ConnClosed::ByPeer(_)));
         if !peer_closed && self.phase == Phase::Open && slot.kind != SlotKind::Bind {
@@ -795,7 +895,229 @@ impl Channel {
         }
     }
 
+    /// Connections in SDK xgress mode (for tests and status).
+    pub fn is_xgress(&self, conn: u32) -> bool {
+        self.slots.get(&conn).is_some_and(|s| s.xg.is_some())
+    }
+
     // ---------------------------------------------------------------- internals
+
+    fn unix_ms(&self, now: Instant) -> u64 {
+        let since = now.saturating_duration_since(self.clock_base).as_millis();
+        self.unix_base_ms
+            .saturating_add(u64::try_from(since).unwrap_or(u64::MAX))
+    }
+
+    /// Sends an edge Data message of `conn`: as is in legacy mode, as a circuit payload (body
+    /// plus the edge flags) in SDK xgress mode.
+    fn transmit_data(
+        &mut self,
+        now: Instant,
+        conn: u32,
+        mut msg: Message,
+    ) -> Result<(), SendError> {
+        let Some(slot) = self.slots.get_mut(&conn) else {
+            return Err(SendError::NotWritable);
+        };
+        let Some(c) = slot.xg.as_mut() else {
+            self.seq.stamp(&mut msg);
+            self.encode(&msg);
+            return Ok(());
+        };
+        let mut headers = PayloadHeaders::new();
+        if let Some(flags) = msg.headers.get_u32(header::FLAGS)
+            && flags != 0
+        {
+            headers.insert(
+                xgress::messages::payload_header::EDGE_FLAGS,
+                Bytes::copy_from_slice(&flags.to_le_bytes()),
+            );
+        }
+        let sent = c.send_payload(msg.body, headers);
+        self.pump(now, conn);
+        match sent {
+            Ok(()) => Ok(()),
+            Err(xgress::SendError::Blocked) => Err(SendError::WouldBlock),
+            Err(_) => Err(SendError::NotWritable),
+        }
+    }
+
+    /// Sends what the edge connection itself must send (the end-to-end encryption header).
+    fn flush_edge(&mut self, now: Instant, conn: u32) {
+        let mut pending = Vec::new();
+        if let Some(slot) = self.slots.get_mut(&conn) {
+            while let Some(m) = slot.edge.poll_transmit() {
+                pending.push(m);
+            }
+        }
+        for m in pending {
+            let _ = self.transmit_data(now, conn, m);
+        }
+    }
+
+    /// After anything happened to `conn`'s circuit: transmits what it queued, reacts to its
+    /// events, re-arms its deadline and forgets it once it has drained.
+    fn pump(&mut self, now: Instant, conn: u32) {
+        let Some(slot) = self.slots.get_mut(&conn) else {
+            return;
+        };
+        let Some(c) = slot.xg.as_mut() else {
+            return;
+        };
+        let mut readable = false;
+        let mut writable = false;
+        let mut ended = false;
+        loop {
+            while let Some(mut m) = c.poll_transmit(now) {
+                self.seq.stamp(&mut m);
+                if let Err(e) = m.encode(&mut self.out) {
+                    tracing::warn!(error = %e, "cannot encode an xgress message; dropped");
+                }
+            }
+            let Some(ev) = c.poll_event() else { break };
+            match ev {
+                xgress::Event::Readable => readable = true,
+                xgress::Event::Writable | xgress::Event::SendClosed => writable = true,
+                xgress::Event::Closed => ended = true,
+            }
+        }
+        let next = c.poll_timeout();
+        let drained = c.is_closed() && c.is_drained();
+        if slot.xg_deadline != next {
+            if let Some(old) = slot.xg_deadline.take() {
+                self.xg_deadlines.remove(&(old, conn));
+            }
+            if let Some(at) = next {
+                self.xg_deadlines.insert((at, conn));
+                slot.xg_deadline = Some(at);
+            }
+        }
+        if slot.closing {
+            if drained || ended && next.is_none() {
+                self.forget(conn);
+            }
+            return;
+        }
+        if ended && slot.closed.is_none() && !slot.fin {
+            readable = true;
+        }
+        if readable {
+            if slot.recv.is_empty() {
+                self.pull(now, conn);
+            }
+            self.events.push_back(Event::Readable { conn });
+        }
+        if writable {
+            self.events.push_back(Event::ConnWritable { conn });
+        }
+    }
+
+    /// Moves a little of the circuit's in-order data into the connection's queue (through the
+    /// edge layer, which decrypts), keeping the rest in the circuit so that its receive buffer
+    /// (what the peer's window sees) is what the application has not read.
+    fn pull(&mut self, now: Instant, conn: u32) {
+        const PULL: usize = 64 * 1024;
+        let Some(slot) = self.slots.get_mut(&conn) else {
+            return;
+        };
+        let Some(c) = slot.xg.as_mut() else {
+            return;
+        };
+        let mut failed = None;
+        while slot.buffered < PULL && !slot.fin && slot.closed.is_none() {
+            let Some(d) = c.read(usize::MAX) else { break };
+            let (body, flags) = match d {
+                Delivery::Data { data, headers } => {
+                    (data, xgress::edge_flags(&headers).unwrap_or(0))
+                }
+                Delivery::Fin => {
+                    slot.fin = true;
+                    break;
+                }
+            };
+            let msg = super::data(conn, body, flags);
+            match slot.edge.handle(&msg) {
+                Ok(events) => {
+                    for ev in events {
+                        match ev {
+                            ConnEvent::Data(b) => {
+                                slot.buffered += b.len();
+                                slot.recv.push_back(b);
+                            }
+                            ConnEvent::Fin => slot.fin = true,
+                            ConnEvent::Closed(_) | ConnEvent::Connected { .. } => {}
+                        }
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            slot.closed = Some(ConnClosed::Protocol(e));
+            c.close(now);
+        }
+        // Reading may have queued a window update.
+        self.pump_transmit_only(now, conn);
+    }
+
+    fn pump_transmit_only(&mut self, now: Instant, conn: u32) {
+        let Some(c) = self.slots.get_mut(&conn).and_then(|s| s.xg.as_mut()) else {
+            return;
+        };
+        while let Some(mut m) = c.poll_transmit(now) {
+            self.seq.stamp(&mut m);
+            if let Err(e) = m.encode(&mut self.out) {
+                tracing::warn!(error = %e, "cannot encode an xgress message; dropped");
+            }
+        }
+    }
+
+    /// Drops a connection's slot for good.
+    fn forget(&mut self, conn: u32) {
+        if let Some(slot) = self.slots.remove(&conn) {
+            if let Some(at) = slot.xg_deadline {
+                self.xg_deadlines.remove(&(at, conn));
+            }
+            if let Some(c) = slot.xg {
+                self.circuits.remove(c.circuit_id());
+            }
+            if let Some(since) = slot.overflow_since {
+                self.overflow_deadlines
+                    .remove(&(since + self.config.overflow_grace, conn));
+            }
+            self.ids.release(conn);
+        }
+    }
+
+    /// An xgress message (1100..=1103) from the router: to its circuit, found by connection id
+    /// or circuit id.
+    fn on_xgress(&mut self, now: Instant, msg: Message) {
+        let by_conn = msg
+            .headers
+            .get_u32(header::CONN_ID)
+            .filter(|id| self.slots.get(id).is_some_and(|s| s.xg.is_some()));
+        let conn = by_conn.or_else(|| match XgMessage::decode(&msg) {
+            Ok(m) => self.circuits.get(m.circuit_id()).copied(),
+            Err(_) => None,
+        });
+        let Some(conn) = conn else {
+            tracing::trace!(
+                content_type = msg.content_type,
+                "xgress message for no known circuit"
+            );
+            return;
+        };
+        let Some(c) = self.slots.get_mut(&conn).and_then(|s| s.xg.as_mut()) else {
+            return;
+        };
+        if let Err(e) = c.handle_message(now, &msg) {
+            tracing::debug!(conn, error = %crate::error_report::error_chain(&e), "xgress message refused");
+        }
+        self.pump(now, conn);
+    }
 
     fn keypair(&mut self) -> KeyPair {
         let mut sk = [0u8; 32];
@@ -872,6 +1194,12 @@ impl Channel {
                 }
             }
         }
+        for slot in self.slots.values_mut() {
+            if let Some(c) = slot.xg.as_mut() {
+                c.abort(self.last_input);
+            }
+        }
+        self.xg_deadlines.clear();
         self.overflow_deadlines.clear();
         self.next_probe = None;
         if self.write_blocked {
@@ -937,6 +1265,10 @@ impl Channel {
         {
             self.disarm(seq);
             self.handle_reply(now, p, msg);
+            return;
+        }
+        if XgMessage::is_xgress(msg.content_type) {
+            self.on_xgress(now, msg);
             return;
         }
         let ct = ContentType::from_i32(msg.content_type);
@@ -1022,11 +1354,12 @@ impl Channel {
                     });
                 }
             }
-            Pending::Dial { conn, .. } => self.on_dial_reply(conn, msg),
+            Pending::Dial { conn, .. } => self.on_dial_reply(now, conn, msg),
         }
     }
 
-    fn on_dial_reply(&mut self, conn: u32, msg: Message) {
+    fn on_dial_reply(&mut self, now: Instant, conn: u32, msg: Message) {
+        let unix_ms = self.unix_ms(now);
         let Some(slot) = self.slots.get_mut(&conn) else {
             return;
         };
@@ -1076,14 +1409,23 @@ impl Channel {
             return;
         }
         slot.kind = SlotKind::Stream;
-        let mut header = Vec::new();
-        while let Some(m) = slot.edge.poll_transmit() {
-            header.push(m);
+        if msg.headers.flag(header::USE_XGRESS_TO_SDK)
+            && let Some(circuit_id) = circuit.clone()
+        {
+            let c = Circuit::new(
+                circuit_id.clone(),
+                conn,
+                Originator::Initiator,
+                self.config.xgress,
+                now,
+                unix_ms,
+            );
+            slot.xg = Some(Box::new(c));
+            self.circuits.insert(circuit_id, conn);
         }
-        for mut m in header {
-            self.seq.stamp(&mut m);
-            self.encode(&m);
-        }
+        self.flush_edge(now, conn);
+        // The initiator's CircuitStart releases the far end's data.
+        self.pump(now, conn);
         self.events.push_back(Event::DialSucceeded {
             conn,
             circuit_id: circuit,
@@ -1145,6 +1487,15 @@ impl Channel {
             }
             return;
         }
+        if let Some(c) = slot.xg.as_mut() {
+            // SDK xgress mode: data comes as circuit payloads; the router's StateClosed means
+            // the circuit is gone on its side.
+            if msg.content_type == ContentType::StateClosed as i32 {
+                c.handle_router_closed(now);
+                self.pump(now, id);
+            }
+            return;
+        }
         if slot.closed.is_some() {
             return;
         }
@@ -1195,24 +1546,31 @@ impl Channel {
             self.events.push_back(Event::Readable { conn: id });
         }
         if overflow_now {
-            self.overflow_expired(id);
+            self.overflow_expired(now, id);
         }
     }
 
-    /// The overflow policy: a connection still above its window after the grace period (or at
-    /// twice the window) is closed; what it buffered is dropped.
-    fn overflow_expired(&mut self, id: u32) {
+    /// The overflow policy (legacy data mode): a connection still above its window after the
+    /// grace period, whose application has not read anything during it, or one at twice the
+    /// window whatever its reader does, is closed and what it buffered is dropped.
+    fn overflow_expired(&mut self, now: Instant, id: u32) {
         let window = self.config.recv_window;
         let grace = self.config.overflow_grace;
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        if slot.buffered <= window || slot.closed.is_some() {
-            slot.overflow_since = None;
-            return;
-        }
         if let Some(since) = slot.overflow_since.take() {
             self.overflow_deadlines.remove(&(since + grace, id));
+        }
+        if slot.buffered <= window || slot.closed.is_some() {
+            return;
+        }
+        let reading = slot.last_read.is_some_and(|t| t + grace > now);
+        if reading && slot.buffered <= 2 * window {
+            // Slow but reading: give it another grace period.
+            slot.overflow_since = Some(now);
+            self.overflow_deadlines.insert((now + grace, id));
+            return;
         }
         let buffered = slot.buffered;
         tracing::warn!(
@@ -1246,6 +1604,10 @@ impl Slot {
             fin: false,
             closed: None,
             overflow_since: None,
+            last_read: None,
+            xg: None,
+            xg_deadline: None,
+            closing: false,
         }
     }
 }
@@ -1291,7 +1653,7 @@ pub fn fuzz_channel(data: &[u8]) {
         overflow_grace: Duration::from_millis(50),
         ..ChannelConfig::default()
     };
-    let mut ch = Channel::new(config, "token", now, 1);
+    let mut ch = Channel::new(config, "token", now, 1, 1_700_000_000_000);
     let mut sent_seqs: Vec<i32> = vec![channel::HELLO_SEQUENCE];
     let mut conns: Vec<u32> = Vec::new();
     let mut decoder = FrameDecoder::new(Limits::default());
@@ -1369,21 +1731,21 @@ pub fn fuzz_channel(data: &[u8]) {
             6 => {
                 if let Some(&id) = conns.get(usize::from(arg(&mut input)) % conns.len().max(1)) {
                     let len = usize::from(arg(&mut input)) * 64;
-                    let _ = ch.send(id, &vec![7u8; len]);
+                    let _ = ch.send(now, id, &vec![7u8; len]);
                 }
             }
             7 => {
                 if let Some(&id) = conns.get(usize::from(arg(&mut input)) % conns.len().max(1)) {
-                    let _ = ch.recv(id, usize::from(arg(&mut input)) + 1);
+                    let _ = ch.recv(now, id, usize::from(arg(&mut input)) + 1);
                 }
             }
             8 => {
                 if let Some(&id) = conns.get(usize::from(arg(&mut input)) % conns.len().max(1)) {
                     match arg(&mut input) % 3 {
                         0 => {
-                            let _ = ch.close_write(id);
+                            let _ = ch.close_write(now, id);
                         }
-                        1 => ch.close_conn(id, "fuzz"),
+                        1 => ch.close_conn(now, id, "fuzz"),
                         _ => ch.unbind(id, "t"),
                     }
                 }
@@ -1404,12 +1766,12 @@ pub fn fuzz_channel(data: &[u8]) {
                 Event::IncomingDial { bind, request, .. } => {
                     let key = KeyPair::from_secret_bytes([9; 32]);
                     let host = (bind % 2 == 0).then_some(&key);
-                    if let Ok(id) = ch.accept(bind, &request, host) {
+                    if let Ok(id) = ch.accept(now, bind, &request, host) {
                         conns.push(id);
                     }
                 }
                 Event::DialSucceeded { conn, .. } => {
-                    let _ = ch.send(conn, b"hello");
+                    let _ = ch.send(now, conn, b"hello");
                 }
                 _ => {}
             }

@@ -9,6 +9,7 @@ use super::*;
 use crate::channel::{self, FrameDecoder, Limits, Message, content_type};
 use crate::e2ee::KeyPair;
 use crate::edge::{self, ContentType, DialFailure, flags, header};
+use crate::xgress;
 
 /// The router's side of the byte pipe.
 struct Router {
@@ -55,13 +56,14 @@ fn config() -> ChannelConfig {
         recv_window: 64 * 1024,
         overflow_grace: Duration::from_secs(2),
         transmit_limit: 100 * 1024,
+        sdk_flow_control: false,
         ..ChannelConfig::default()
     }
 }
 
 /// A channel that has completed its hello.
 fn open(now: Instant) -> (Channel, Router) {
-    let mut ch = Channel::new(config(), "api-token", now, 7);
+    let mut ch = Channel::new(config(), "api-token", now, 7, 1_700_000_000_000);
     let mut r = Router::new();
     let sent = r.take(&mut ch);
     assert_eq!(sent.len(), 1);
@@ -127,7 +129,7 @@ fn dialed(ch: &mut Channel, r: &mut Router, now: Instant) -> u32 {
 fn read_all(ch: &mut Channel, conn: u32) -> (Vec<u8>, Recv) {
     let mut got = Vec::new();
     loop {
-        match ch.recv(conn, 1000) {
+        match ch.recv(Instant::now(), conn, 1000) {
             Recv::Data(b) => got.extend_from_slice(&b),
             other => return (got, other),
         }
@@ -137,7 +139,7 @@ fn read_all(ch: &mut Channel, conn: u32) -> (Vec<u8>, Recv) {
 #[test]
 fn hello_rejected_and_hello_timeout_end_the_channel() {
     let now = Instant::now();
-    let mut ch = Channel::new(config(), "bad", now, 1);
+    let mut ch = Channel::new(config(), "bad", now, 1, 0);
     let mut r = Router::new();
     let hello = r.take(&mut ch).remove(0);
     let mut no = Message::new(content_type::RESULT, "invalid session");
@@ -151,7 +153,7 @@ fn hello_rejected_and_hello_timeout_end_the_channel() {
         ))]
     );
 
-    let mut ch = Channel::new(config(), "t", now, 1);
+    let mut ch = Channel::new(config(), "t", now, 1, 0);
     assert_eq!(ch.poll_timeout(), Some(now + Duration::from_secs(10)));
     ch.handle_timeout(now + Duration::from_secs(9));
     assert!(events(&mut ch).is_empty());
@@ -182,13 +184,16 @@ fn dial_then_data_in_order_then_fin() {
     assert_eq!(end, Recv::Fin);
 
     // Our direction is still open after the peer's FIN; then we half-close too.
-    assert_eq!(ch.send(conn, b"answer"), Ok(6));
-    ch.close_write(conn).unwrap();
+    assert_eq!(ch.send(Instant::now(), conn, b"answer"), Ok(6));
+    ch.close_write(Instant::now(), conn).unwrap();
     let sent = r.take(&mut ch);
     assert_eq!(sent.len(), 2);
     assert_eq!(&sent[0].body[..], b"answer");
     assert_eq!(sent[1].headers.get_u32(header::FLAGS), Some(flags::FIN));
-    assert_eq!(ch.send(conn, b"late"), Err(SendError::NotWritable));
+    assert_eq!(
+        ch.send(Instant::now(), conn, b"late"),
+        Err(SendError::NotWritable)
+    );
 }
 
 #[test]
@@ -211,9 +216,9 @@ fn sends_are_chunked_and_sequenced() {
     let (mut ch, mut r) = open(now);
     let conn = dialed(&mut ch, &mut r, now);
     let big = vec![9u8; 40 * 1024];
-    let n = ch.send(conn, &big).unwrap();
+    let n = ch.send(Instant::now(), conn, &big).unwrap();
     assert_eq!(n, 32 * 1024);
-    let n2 = ch.send(conn, &big[n..]).unwrap();
+    let n2 = ch.send(Instant::now(), conn, &big[n..]).unwrap();
     assert_eq!(n + n2, big.len());
     let sent = r.take(&mut ch);
     assert_eq!(sent.len(), 2);
@@ -363,10 +368,10 @@ fn peer_close_and_local_close() {
     assert_eq!(got, b"last words");
     assert_eq!(end, Recv::Closed(ConnClosed::ByPeer("bye".into())));
     // Closed by the peer: forgetting it sends nothing.
-    ch.close_conn(a, "done");
+    ch.close_conn(Instant::now(), a, "done");
     assert!(r.take(&mut ch).is_empty());
     // Closed by us: StateClosed goes out.
-    ch.close_conn(b, "done");
+    ch.close_conn(Instant::now(), b, "done");
     let sent = r.take(&mut ch);
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].content_type, ContentType::StateClosed as i32);
@@ -438,7 +443,7 @@ fn bind_incoming_dial_accept_and_unbind() {
     };
     assert_eq!(*b, bind);
     assert_eq!(d.caller_id.as_deref(), Some("alice"));
-    let conn = ch.accept(bind, request, None).unwrap();
+    let conn = ch.accept(Instant::now(), bind, request, None).unwrap();
     assert_eq!(conn, 0x8000_0005);
     let sent = r.take(&mut ch);
     assert_eq!(sent.len(), 1);
@@ -447,8 +452,11 @@ fn bind_incoming_dial_accept_and_unbind() {
 
     // The accepted stream carries data both ways.
     r.send(&mut ch, now, &data(conn, b"ping", 0));
-    assert_eq!(ch.recv(conn, 100), Recv::Data(Bytes::from_static(b"ping")));
-    ch.send(conn, b"pong").unwrap();
+    assert_eq!(
+        ch.recv(Instant::now(), conn, 100),
+        Recv::Data(Bytes::from_static(b"ping"))
+    );
+    ch.send(Instant::now(), conn, b"pong").unwrap();
     assert_eq!(&r.take(&mut ch)[0].body[..], b"pong");
 
     // A dial to a bind we do not have is answered DialFailed.
@@ -599,7 +607,10 @@ fn a_reader_that_stops_costs_only_its_window_and_never_blocks_the_others() {
     assert_eq!(ch.buffered(slow), 80 * 1024);
     // The other connection is unaffected.
     r.send(&mut ch, t0, &data(fast, b"echo", 0));
-    assert_eq!(ch.recv(fast, 100), Recv::Data(Bytes::from_static(b"echo")));
+    assert_eq!(
+        ch.recv(Instant::now(), fast, 100),
+        Recv::Data(Bytes::from_static(b"echo"))
+    );
     // Within the grace period nothing happens ...
     ch.handle_timeout(t0 + Duration::from_secs(1));
     assert_eq!(ch.buffered(slow), 80 * 1024);
@@ -608,7 +619,7 @@ fn a_reader_that_stops_costs_only_its_window_and_never_blocks_the_others() {
     ch.handle_timeout(t0 + Duration::from_secs(2));
     assert_eq!(ch.buffered(slow), 0);
     assert!(matches!(
-        ch.recv(slow, 100),
+        ch.recv(Instant::now(), slow, 100),
         Recv::Closed(ConnClosed::Overflow { .. })
     ));
     let sent = r.take(&mut ch);
@@ -622,7 +633,7 @@ fn a_reader_that_stops_costs_only_its_window_and_never_blocks_the_others() {
     assert_eq!(ch.buffered(slow), 0);
     r.send(&mut ch, t0, &data(fast, b"still here", 0));
     assert_eq!(
-        ch.recv(fast, 100),
+        ch.recv(Instant::now(), fast, 100),
         Recv::Data(Bytes::from_static(b"still here"))
     );
 }
@@ -638,7 +649,10 @@ fn a_reader_that_catches_up_is_not_closed() {
     }
     // It reads back below its window before the grace period ends.
     for _ in 0..2 {
-        assert!(matches!(ch.recv(conn, 16 * 1024), Recv::Data(_)));
+        assert!(matches!(
+            ch.recv(Instant::now(), conn, 16 * 1024),
+            Recv::Data(_)
+        ));
     }
     assert_eq!(ch.poll_timeout(), Some(t0 + Duration::from_secs(30)));
     ch.handle_timeout(t0 + Duration::from_secs(3));
@@ -656,7 +670,7 @@ fn twice_the_window_closes_at_once() {
     }
     assert_eq!(ch.buffered(conn), 0);
     assert!(matches!(
-        ch.recv(conn, 100),
+        ch.recv(Instant::now(), conn, 100),
         Recv::Closed(ConnClosed::Overflow { .. })
     ));
 }
@@ -669,7 +683,7 @@ fn a_full_transmit_buffer_blocks_writers_until_drained() {
     let chunk = vec![0u8; 32 * 1024];
     let mut sent = 0;
     loop {
-        match ch.send(conn, &chunk) {
+        match ch.send(Instant::now(), conn, &chunk) {
             Ok(n) => sent += n,
             Err(SendError::WouldBlock) => break,
             Err(e) => panic!("{e:?}"),
@@ -701,7 +715,7 @@ fn transport_loss_ends_every_connection_and_pending_dial() {
         Some(Event::Closed(ChannelClosed::Transport(_)))
     ));
     assert!(matches!(
-        ch.recv(conn, 10),
+        ch.recv(Instant::now(), conn, 10),
         Recv::Closed(ConnClosed::Channel(_))
     ));
     assert_eq!(ch.dial(now, &dial_params()), Err(OpenError::ChannelClosed));
@@ -732,4 +746,198 @@ fn fuzz_entry_handles_seeded_random_inputs() {
     super::fuzz_channel(&[
         1, 0, 0, 0, 0x81, 4, 0, 50, 9, 1, 2, 1, 0, 3, 0, 6, 0, 3, 7, 0, 9,
     ]);
+}
+
+// ---------------------------------------------------------------- SDK xgress mode
+
+/// A channel asking for SDK xgress mode, opened.
+fn open_xgress(now: Instant) -> (Channel, Router) {
+    let mut ch = Channel::new(
+        ChannelConfig {
+            sdk_flow_control: true,
+            ..config()
+        },
+        "api-token",
+        now,
+        7,
+        1_700_000_000_000,
+    );
+    let mut r = Router::new();
+    let hello = r.take(&mut ch).remove(0);
+    let mut answer = Message::new(content_type::RESULT, "");
+    answer.reply_to(&hello);
+    answer.headers.put_bool(channel::RESULT_SUCCESS, true);
+    r.send(&mut ch, now, &answer);
+    events(&mut ch);
+    (ch, r)
+}
+
+/// Moves messages between the channel and the far end's circuit (the routers forward xgress
+/// messages unchanged) until nothing moves.
+fn shuttle(ch: &mut Channel, r: &mut Router, far: &mut xgress::Circuit, now: Instant) {
+    for _ in 0..10_000 {
+        let mut moved = false;
+        for m in r.take(ch) {
+            if xgress::XgMessage::is_xgress(m.content_type) {
+                far.handle_message(now, &m).unwrap();
+                moved = true;
+            }
+        }
+        while let Some(m) = far.poll_transmit(now) {
+            r.send(ch, now, &m);
+            moved = true;
+        }
+        if !moved {
+            return;
+        }
+    }
+    panic!("the circuit never settled");
+}
+
+/// Dials with 1028 and confirms it; returns the connection and the far end's circuit.
+fn xgress_dialed(ch: &mut Channel, r: &mut Router, now: Instant) -> (u32, xgress::Circuit) {
+    let conn = ch.dial(now, &dial_params()).unwrap();
+    let connect = r.take(ch).remove(0);
+    assert!(connect.headers.flag(header::USE_XGRESS_TO_SDK));
+    let mut ok = reply(ContentType::StateConnected, &connect, conn, "");
+    ok.headers.put_str(header::CIRCUIT_ID, "circ-1");
+    ok.headers.put_bool(header::USE_XGRESS_TO_SDK, true);
+    r.send(ch, now, &ok);
+    assert!(matches!(&events(ch)[..], [Event::DialSucceeded { .. }]));
+    assert!(ch.is_xgress(conn));
+    let far = xgress::Circuit::new(
+        "circ-1",
+        0x8000_0001,
+        xgress::Originator::Terminator,
+        xgress::Options::default(),
+        now,
+        1_700_000_000_000,
+    );
+    (conn, far)
+}
+
+#[test]
+fn a_router_that_does_not_confirm_xgress_gets_legacy_data() {
+    let now = Instant::now();
+    let (mut ch, mut r) = open_xgress(now);
+    let conn = ch.dial(now, &dial_params()).unwrap();
+    let connect = r.take(&mut ch).remove(0);
+    assert!(connect.headers.flag(header::USE_XGRESS_TO_SDK));
+    r.send(
+        &mut ch,
+        now,
+        &reply(ContentType::StateConnected, &connect, conn, ""),
+    );
+    events(&mut ch);
+    assert!(!ch.is_xgress(conn));
+    ch.send(now, conn, b"plain data").unwrap();
+    let sent = r.take(&mut ch);
+    assert_eq!(sent[0].content_type, ContentType::Data as i32);
+}
+
+#[test]
+fn xgress_carries_data_both_ways_and_half_closes() {
+    let now = Instant::now();
+    let (mut ch, mut r) = open_xgress(now);
+    let (conn, mut far) = xgress_dialed(&mut ch, &mut r, now);
+    ch.send(now, conn, b"request").unwrap();
+    ch.close_write(now, conn).unwrap();
+    shuttle(&mut ch, &mut r, &mut far, now);
+    let mut got = Vec::new();
+    loop {
+        match far.read(1024) {
+            Some(xgress::Delivery::Data { data, .. }) => got.extend_from_slice(&data),
+            Some(xgress::Delivery::Fin) => break,
+            None => panic!("far end saw no end of stream; got {got:?}"),
+        }
+    }
+    assert_eq!(got, b"request");
+
+    far.send(Bytes::from_static(b"response")).unwrap();
+    far.finish(now);
+    shuttle(&mut ch, &mut r, &mut far, now);
+    assert!(events(&mut ch).contains(&Event::Readable { conn }));
+    let (body, end) = read_all(&mut ch, conn);
+    assert_eq!(body, b"response");
+    assert_eq!(end, Recv::Fin);
+}
+
+#[test]
+fn xgress_a_reader_that_stops_closes_only_its_own_window() {
+    let now = Instant::now();
+    let (mut ch, mut r) = open_xgress(now);
+    let (conn, mut far) = xgress_dialed(&mut ch, &mut r, now);
+    // The far end sends until its window says stop.
+    let chunk = Bytes::from(vec![3u8; 32 * 1024]);
+    let mut sent = 0usize;
+    for _ in 0..1000 {
+        match far.send(chunk.clone()) {
+            Ok(n) => sent += n,
+            Err(xgress::SendError::Blocked) => break,
+            Err(e) => panic!("{e:?}"),
+        }
+        shuttle(&mut ch, &mut r, &mut far, now);
+    }
+    assert!(
+        far.is_blocked(),
+        "the sender was never stopped ({sent} bytes sent)"
+    );
+    // The channel holds the unread data (in the circuit and a small pull), no more than the
+    // circuit's receive buffer plus one pull.
+    assert!(
+        sent <= 4 * 1024 * 1024 + 256 * 1024,
+        "{sent} bytes accepted from a stopped reader"
+    );
+    // Another circuit on the same channel is unaffected.
+    let plain = ch.dial(now, &dial_params()).unwrap();
+    let connect = r.take(&mut ch).remove(0);
+    r.send(
+        &mut ch,
+        now,
+        &reply(ContentType::StateConnected, &connect, plain, ""),
+    );
+    r.send(&mut ch, now, &data(plain, b"other", 0));
+    events(&mut ch);
+    assert_eq!(
+        ch.recv(now, plain, 100),
+        Recv::Data(Bytes::from_static(b"other"))
+    );
+    // The reader reads: the window opens again.
+    let (body, _) = read_all(&mut ch, conn);
+    assert!(body.len() >= sent / 2, "read {} of {sent}", body.len());
+    let mut total = body.len();
+    let mut t = now;
+    for _ in 0..50 {
+        // Anything dropped for lack of room comes again after a retransmission timeout.
+        t += Duration::from_millis(300);
+        far.handle_timeout(t);
+        ch.handle_timeout(t);
+        shuttle(&mut ch, &mut r, &mut far, t);
+        total += read_all(&mut ch, conn).0.len();
+        if total == sent {
+            break;
+        }
+    }
+    assert_eq!(total, sent);
+    assert!(!far.is_blocked(), "the window did not open after reading");
+}
+
+#[test]
+fn xgress_close_by_the_application_ends_the_circuit() {
+    let now = Instant::now();
+    let (mut ch, mut r) = open_xgress(now);
+    let (conn, mut far) = xgress_dialed(&mut ch, &mut r, now);
+    shuttle(&mut ch, &mut r, &mut far, now);
+    ch.close_conn(now, conn, "done");
+    shuttle(&mut ch, &mut r, &mut far, now);
+    assert_eq!(far.read(100), Some(xgress::Delivery::Fin));
+    // The slot goes once the circuit has drained (after the close linger).
+    let mut t = now;
+    for _ in 0..100 {
+        t += Duration::from_millis(200);
+        ch.handle_timeout(t);
+        far.handle_timeout(t);
+        shuttle(&mut ch, &mut r, &mut far, t);
+    }
+    assert_eq!(ch.connection_count(), 0);
 }

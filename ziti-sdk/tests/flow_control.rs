@@ -1,0 +1,384 @@
+//! A slow reader never stalls anyone else (issue 8), against the real network: streams that
+//! share one router connection, where one of them is never read; bursts of dials; a service
+//! that answers and closes.
+//!
+//! Its own test binary, so that the memory it measures is its own.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::setup_service;
+use testnet::TestNet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use ziti_sdk::context::{DialError, ZitiContext};
+use ziti_sdk::router::EdgeStream;
+
+/// Dials, retrying while the service has no terminator yet (hosts take a moment to bind).
+async fn dial_when_hosted(ctx: &ZitiContext, service: &str) -> EdgeStream {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match ctx.dial(service).await {
+            Ok(s) => return s,
+            Err(DialError::NoTerminators { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("dial {service}: {e}"),
+        }
+    }
+}
+
+/// A TCP server that writes forever to whoever connects.
+async fn endless_source() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let chunk = vec![0x5au8; 64 * 1024];
+                while tcp.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    port
+}
+
+/// A TCP echo server.
+async fn echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = tcp.into_split();
+                let _ = tokio::io::copy(&mut rd, &mut wr).await;
+            });
+        }
+    });
+    port
+}
+
+/// A TCP server that answers `reply` and closes.
+async fn answer_and_close(reply: &'static [u8]) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp.write_all(reply).await;
+                // Dropping the socket closes it: FIN to the Go host.
+            });
+        }
+    });
+    port
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+async fn echo_round_trip(stream: &mut EdgeStream, i: u32) -> Duration {
+    let msg = format!("round trip {i:04}");
+    let started = Instant::now();
+    stream.write_all(msg.as_bytes()).await.unwrap();
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut back))
+        .await
+        .unwrap_or_else(|_| panic!("echo {i} did not come back within 10 s"))
+        .unwrap();
+    assert_eq!(back, msg.as_bytes());
+    started.elapsed()
+}
+
+/// Stream A reads from an endless Go-hosted source and is never read; stream B, on the same
+/// router connection, makes 100 echo round trips; a new dial; then `hold` later the router
+/// connection is up and memory grew by at most A's buffer plus 2 MiB.
+async fn unread_stream_beside_an_echo(sdk_flow_control: bool, hold: Duration) {
+    common::init_tracing();
+    let net = TestNet::shared();
+    let source = setup_service(net, "flood", false, Some(endless_source().await));
+    let echo = setup_service(net, "echo", false, Some(echo_server().await));
+    let _h1 = net
+        .spawn_go_tunnel("host", &source.host_identity, &[])
+        .unwrap();
+    let _h2 = net
+        .spawn_go_tunnel("host", &echo.host_identity, &[])
+        .unwrap();
+
+    // One identity allowed to dial both, so both streams share the router connection.
+    let both = testnet::unique_name("both");
+    let jwt = net
+        .create_identity(
+            &both,
+            &[
+                &format!("{}-clients", source.name),
+                &format!("{}-clients", echo.name),
+            ],
+        )
+        .unwrap();
+    let id_file = net.home().join(format!("{both}.json"));
+    net.cli_enroll(&jwt, &id_file, "EC").unwrap();
+    let identity = ziti_sdk::Identity::load(&id_file).unwrap();
+    let options = ziti_sdk::ContextOptions {
+        sdk_flow_control,
+        ..Default::default()
+    };
+    let ctx = ZitiContext::new(identity, options).await.unwrap();
+
+    let mut b = dial_when_hosted(&ctx, &echo.name).await;
+    echo_round_trip(&mut b, 0).await;
+    let baseline = rss_bytes();
+    let mut a = dial_when_hosted(&ctx, &source.name).await;
+    assert_eq!(
+        a.router(),
+        b.router(),
+        "both streams on one router connection"
+    );
+    // Let the flood fill A's buffers, then check B is unaffected.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut worst = Duration::ZERO;
+    for i in 1..=100 {
+        worst = worst.max(echo_round_trip(&mut b, i).await);
+    }
+    println!(
+        "sdk_flow_control={sdk_flow_control}: 100 echo round trips beside an unread flood: worst {worst:?}"
+    );
+    assert!(
+        worst < Duration::from_millis(250),
+        "an echo took {worst:?} while another stream was not read"
+    );
+    let started = Instant::now();
+    let mut c = ctx.dial(&echo.name).await.unwrap();
+    let dial_time = started.elapsed();
+    println!("sdk_flow_control={sdk_flow_control}: new dial beside the flood: {dial_time:?}");
+    assert!(
+        dial_time < Duration::from_secs(1),
+        "dial took {dial_time:?}"
+    );
+    echo_round_trip(&mut c, 0).await;
+
+    tokio::time::sleep(hold).await;
+    echo_round_trip(&mut b, 101).await;
+    echo_round_trip(&mut c, 1).await;
+    let grown = rss_bytes().saturating_sub(baseline);
+    let window = ziti_sdk::edge::ChannelConfig::default().recv_window as u64;
+    // Legacy mode may hold up to twice the window before closing A.
+    let allowed = if sdk_flow_control { window } else { 2 * window } + 2 * 1024 * 1024;
+    println!(
+        "sdk_flow_control={sdk_flow_control}: after {hold:?}: RSS grew {} KiB (allowed {} KiB)",
+        grown / 1024,
+        allowed / 1024
+    );
+    assert!(
+        grown <= allowed,
+        "grew {grown} bytes with one unread stream"
+    );
+
+    let mut buf = vec![0u8; 64 * 1024];
+    if sdk_flow_control {
+        // A was only paused: it still reads its source.
+        let n = a.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+    } else {
+        // Legacy mode cannot pause one circuit: A was closed, and says why.
+        let err = loop {
+            match a.read(&mut buf).await {
+                Ok(0) => panic!("the unread stream ended without an error"),
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        let text = ziti_sdk::error_chain(&err).to_string();
+        println!("legacy mode: the unread stream ended with: {text}");
+        assert!(text.contains("did not read"), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_nobody_reads_does_not_stall_its_router_connection() {
+    unread_stream_beside_an_echo(true, Duration::from_secs(120)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_mode_closes_a_stream_nobody_reads_and_nothing_else() {
+    unread_stream_beside_an_echo(false, Duration::from_secs(25)).await;
+}
+
+/// The Go proxy (`ziti tunnel proxy`, with and without SDK flow control) dials a service our
+/// SDK hosts: 100 MB each way, sha256 equal.
+async fn go_proxy_dials_our_host(go_flow_control: bool, encrypted: bool) {
+    common::init_tracing();
+    let net = TestNet::shared();
+    let svc = setup_service(net, "xgproxy", encrypted, None);
+    let host_ctx = ZitiContext::from_file(&svc.host_identity).await.unwrap();
+    let mut listener = host_ctx.listen(&svc.name).await.unwrap();
+    let (results_tx, mut results) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Some(stream) = listener.accept().await {
+            let tx = results_tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(common::exchange(stream, 100 * MB, 21).await).await;
+            });
+        }
+    });
+    let port = testnet::process::free_port().unwrap();
+    let flag = format!("--sdk-flow-control={go_flow_control}");
+    let _proxy = net
+        .spawn_go_tunnel(
+            "proxy",
+            &svc.client_identity,
+            &[&format!("{}:{port}", svc.name), &flag],
+        )
+        .unwrap();
+    common::wait_tcp(port, Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = loop {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        match common::exchange(tcp, 100 * MB, 5).await {
+            Ok(t) if t.received_bytes == 100 * MB => break t,
+            other if Instant::now() < deadline => {
+                tracing::debug!("proxy not ready yet: {other:?}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => panic!("exchange through the Go proxy failed: {other:?}"),
+        }
+    };
+    let server = loop {
+        if let Ok(r) = results.recv().await.expect("host results")
+            && r.received_bytes == 100 * MB
+        {
+            break r;
+        }
+    };
+    assert_eq!(client.sent_sha256, server.received_sha256);
+    assert_eq!(server.sent_sha256, client.received_sha256);
+}
+
+const MB: u64 = 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_proxy_with_sdk_flow_control_dials_our_host_encrypted() {
+    go_proxy_dials_our_host(true, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_proxy_without_sdk_flow_control_dials_our_host_plain() {
+    go_proxy_dials_our_host(false, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_answers_and_closes_gives_end_of_file_promptly() {
+    common::init_tracing();
+    let net = TestNet::shared();
+    let svc = setup_service(
+        net,
+        "answer",
+        false,
+        Some(answer_and_close(b"the answer").await),
+    );
+    let _host = net
+        .spawn_go_tunnel("host", &svc.host_identity, &[])
+        .unwrap();
+    let ctx = ZitiContext::from_file(&svc.client_identity).await.unwrap();
+    let mut s = dial_when_hosted(&ctx, &svc.name).await;
+    s.write_all(b"question").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    let mut answered = None;
+    let eof = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return Instant::now();
+            }
+            answered.get_or_insert_with(Instant::now);
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("no end-of-file within 10 s of the answer");
+    assert_eq!(got, b"the answer");
+    let gap = eof - answered.unwrap();
+    println!("answer to end-of-file: {gap:?}");
+    assert!(
+        gap < Duration::from_millis(100),
+        "end-of-file {gap:?} after the answer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_simultaneous_dials_to_our_host_all_carry_data() {
+    common::init_tracing();
+    let net = TestNet::shared();
+    let svc = setup_service(net, "burst", false, None);
+    let host = ZitiContext::from_file(&svc.host_identity).await.unwrap();
+    let mut listener = host.listen(&svc.name).await.unwrap();
+    tokio::spawn(async move {
+        while let Some(stream) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = stream.into_split();
+                let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                let _ = wr.shutdown().await;
+            });
+        }
+    });
+    let ctx = ZitiContext::from_file(&svc.client_identity).await.unwrap();
+    // Wait until the terminator exists.
+    drop(dial_when_hosted(&ctx, &svc.name).await);
+
+    let started = Instant::now();
+    let dials = (0..1000u32).map(|i| {
+        let ctx = ctx.clone();
+        let name = svc.name.clone();
+        tokio::spawn(async move {
+            let mut s = ctx
+                .dial(&name)
+                .await
+                .map_err(|e| format!("dial {i}: {e}"))?;
+            let msg = format!("stream {i} says hello {}", "x".repeat((i % 97) as usize));
+            s.write_all(msg.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            s.shutdown().await.map_err(|e| e.to_string())?;
+            let mut back = Vec::new();
+            s.read_to_end(&mut back).await.map_err(|e| e.to_string())?;
+            if back != msg.as_bytes() {
+                return Err(format!("stream {i}: wrong echo"));
+            }
+            Ok::<(), String>(())
+        })
+    });
+    let results = futures::future::join_all(dials).await;
+    let failures: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| match r {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(e) => Some(e.to_string()),
+        })
+        .collect();
+    println!(
+        "1000 simultaneous dials + echoes: {} failed, {:?}",
+        failures.len(),
+        started.elapsed()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+}
