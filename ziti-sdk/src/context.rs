@@ -44,7 +44,7 @@ use crate::session::{Session, SessionType};
 /// Default time a dial may take (OpenZiti's default; `connectTimeoutSeconds` overrides per service).
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Accepted connections waiting for [`ZitiListener::accept`] before new dials are refused.
-const ACCEPT_QUEUE: usize = 64;
+const ACCEPT_QUEUE: usize = 1024;
 /// Longest pause between rebind attempts.
 const MAX_REBIND_BACKOFF: Duration = Duration::from_secs(2);
 

@@ -40,8 +40,9 @@ use super::{ConnectError, RouterError};
 
 /// Largest chunk handed to TLS in one write.
 const WRITE_BATCH: usize = 256 * 1024;
-/// Incoming dials queued per binding before new ones are rejected.
-pub(crate) const BIND_QUEUE: usize = 64;
+/// Incoming dials queued per binding before new ones are rejected (a burst of dials arrives in
+/// a few TLS reads; like a listen backlog, this bounds memory, not throughput).
+pub(crate) const BIND_QUEUE: usize = 4096;
 
 /// What a dial or bind waits for.
 pub(crate) type OpenResult = Result<Option<String>, OpenError>;
@@ -409,6 +410,7 @@ impl RouterConnection {
                 request,
             } => match state.binds.get_mut(&bind) {
                 Some(inbox) if inbox.dials.len() < BIND_QUEUE => {
+                    tracing::trace!(router = %self.shared.name, bind, queued = inbox.dials.len(), "incoming dial");
                     inbox.dials.push_back((dial, request));
                     if let Some(w) = inbox.waker.take() {
                         w.wake();
