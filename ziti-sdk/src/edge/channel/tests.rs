@@ -941,3 +941,68 @@ fn xgress_close_by_the_application_ends_the_circuit() {
     }
     assert_eq!(ch.connection_count(), 0);
 }
+
+#[test]
+fn xgress_our_writer_waits_for_the_peers_window_and_a_lost_payload_is_sent_again() {
+    let now = Instant::now();
+    let (mut ch, mut r) = open_xgress(now);
+    let (conn, mut far) = xgress_dialed(&mut ch, &mut r, now);
+    shuttle(&mut ch, &mut r, &mut far, now);
+    // The far application does not read: our writes stop at its window.
+    let chunk = vec![5u8; 32 * 1024];
+    let mut sent = 0usize;
+    let blocked = loop {
+        match ch.send(now, conn, &chunk) {
+            Ok(n) => sent += n,
+            Err(SendError::WouldBlock) => break true,
+            Err(e) => panic!("{e:?}"),
+        }
+        shuttle(&mut ch, &mut r, &mut far, now);
+        if sent > 64 * 1024 * 1024 {
+            break false;
+        }
+    };
+    assert!(blocked, "never blocked after {sent} bytes");
+    events(&mut ch);
+    // The far side reads everything: our writer is told it may write again.
+    let mut got = 0usize;
+    while let Some(xgress::Delivery::Data { data, .. }) = far.read(usize::MAX) {
+        got += data.len();
+    }
+    let mut t = now;
+    let mut writable = false;
+    for _ in 0..50 {
+        t += Duration::from_millis(100);
+        far.handle_timeout(t);
+        ch.handle_timeout(t);
+        shuttle(&mut ch, &mut r, &mut far, t);
+        while let Some(xgress::Delivery::Data { data, .. }) = far.read(usize::MAX) {
+            got += data.len();
+        }
+        writable |= events(&mut ch).contains(&Event::ConnWritable { conn });
+        if writable && got == sent {
+            break;
+        }
+    }
+    assert!(writable, "no ConnWritable after the peer read");
+    assert_eq!(got, sent);
+
+    // A payload lost on the way is retransmitted after the timeout.
+    ch.send(t, conn, b"lost once").unwrap();
+    let lost = r.take(&mut ch);
+    assert!(lost.iter().any(|m| m.content_type == 1100), "{lost:?}");
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        t += Duration::from_millis(100);
+        ch.handle_timeout(t);
+        far.handle_timeout(t);
+        shuttle(&mut ch, &mut r, &mut far, t);
+        while let Some(xgress::Delivery::Data { data, .. }) = far.read(usize::MAX) {
+            seen.extend_from_slice(&data);
+        }
+        if !seen.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(seen, b"lost once");
+}
