@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use process::ChildGuard;
 pub use ziti_bin::ZITI_VERSION;
@@ -284,7 +284,7 @@ impl TestNet {
 
     fn login(&self) -> Result<()> {
         let addr = format!("127.0.0.1:{}", self.ctrl_port);
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             match self.ziti(&["edge", "login", &addr, "-u", "admin", "-p", "admin", "-y"]) {
                 Ok(_) => return Ok(()),
@@ -349,7 +349,7 @@ impl TestNet {
         let mut cmd = self.router_command();
         cmd.args(["router", "run"]).arg(&self.router.config);
         let mut guard = ChildGuard::spawn("router", cmd, &self.router.log)?;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let listening = std::net::TcpStream::connect(("127.0.0.1", self.router.port)).is_ok();
             if listening && self.router_online()? {
@@ -363,7 +363,7 @@ impl TestNet {
             }
             if Instant::now() > deadline {
                 return Err(TestNetError::Timeout(format!(
-                    "router not online after 60 s; last output:\n{}",
+                    "router not online after 120 s; last output:\n{}",
                     guard.log_tail(30)
                 )));
             }
@@ -439,6 +439,97 @@ impl TestNet {
             path_str(&jwt)?,
         ])?;
         Ok(jwt)
+    }
+
+    /// Issues a new one-time enrollment for an existing identity that expires `valid_for` from now,
+    /// to the second; returns the JWT path. The CLI only counts whole minutes, so this goes
+    /// through the management API: tests of expired tokens wait seconds, not a minute. The
+    /// controller refuses an expiry that is not in the future, so keep `valid_for` a few seconds
+    /// long. (Delete the identity's current enrollment first if it has one.)
+    pub fn create_enrollment_ott_expiring_in(
+        &self,
+        name: &str,
+        valid_for: Duration,
+    ) -> Result<PathBuf> {
+        let filter = format!("name = \"{name}\"");
+        let out = self.ziti(&["edge", "list", "identities", &filter, "-j"])?;
+        let listing: serde_json::Value = serde_json::from_str(&out)
+            .map_err(|e| TestNetError::Cli(format!("identity listing is not JSON: {e}")))?;
+        let identity_id = listing["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["name"] == name)
+            .and_then(|i| i["id"].as_str())
+            .ok_or_else(|| TestNetError::Cli(format!("no identity named {name}: {listing}")))?
+            .to_string();
+        let session = self.management_login()?;
+        let body = serde_json::json!({
+            "method": "ott",
+            "identityId": identity_id,
+            "expiresAt": rfc3339_utc(SystemTime::now() + valid_for),
+        });
+        let created = self.management(&session, "POST", "enrollments", Some(&body))?;
+        let enrollment = created["data"]["id"]
+            .as_str()
+            .ok_or_else(|| TestNetError::Cli(format!("enrollment without id: {created}")))?;
+        let detail =
+            self.management(&session, "GET", &format!("enrollments/{enrollment}"), None)?;
+        let jwt = detail["data"]["jwt"]
+            .as_str()
+            .ok_or_else(|| TestNetError::Cli(format!("enrollment without JWT: {detail}")))?;
+        let path = self.home.path().join(format!(
+            "{name}-{}.jwt",
+            UNIQUE.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, jwt).map_err(|e| TestNetError::Io(e.to_string()))?;
+        Ok(path)
+    }
+
+    /// Logs in to the management API as admin (password, legacy session); returns the
+    /// `zt-session` token.
+    fn management_login(&self) -> Result<String> {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sSk",
+            "--max-time",
+            "60",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data",
+            r#"{"username":"admin","password":"admin"}"#,
+        ])
+        .arg(format!(
+            "{}/edge/management/v1/authenticate?method=password",
+            self.ctrl_url()
+        ));
+        let v = json_reply(process::run(cmd, "management login")?, "management login")?;
+        v["data"]["token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| TestNetError::Cli(format!("management login without token: {v}")))
+    }
+
+    /// One management API request with curl; the controller's error, if any, becomes `Cli`.
+    fn management(
+        &self,
+        session: &str,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let what = format!("management {method} {path}");
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sSk", "--max-time", "60", "-X", method, "-H"])
+            .arg(format!("zt-session: {session}"));
+        if let Some(body) = body {
+            cmd.args(["-H", "content-type: application/json", "--data"])
+                .arg(body.to_string());
+        }
+        cmd.arg(format!("{}/edge/management/v1/{path}", self.ctrl_url()));
+        json_reply(process::run(cmd, &what)?, &what)
     }
 
     /// Enrolls a JWT with the Go CLI (`ziti edge enroll`), writing the identity JSON to `out`.
@@ -612,7 +703,60 @@ fn remove_stale_homes() {
     }
 }
 
+/// Parses a management API reply; an `error` object in it becomes [`TestNetError::Cli`].
+fn json_reply(body: String, what: &str) -> Result<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| TestNetError::Cli(format!("{what}: reply is not JSON ({e}): {body}")))?;
+    if v.get("error").is_some() {
+        return Err(TestNetError::Cli(format!("{what}: {v}")));
+    }
+    Ok(v)
+}
+
+/// `2026-01-31T23:59:59Z` for `t` (whole seconds, UTC).
+fn rfc3339_utc(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm), years from 0000-03-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
+}
+
 fn path_str(p: &Path) -> Result<&str> {
     p.to_str()
         .ok_or_else(|| TestNetError::Io(format!("non-UTF-8 path {}", p.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_utc_formats_whole_seconds() {
+        let at = |s: u64| rfc3339_utc(UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_796_199_020), "2026-12-02T08:10:20Z");
+        assert_eq!(at(4_102_444_799), "2099-12-31T23:59:59Z");
+        assert_eq!(
+            rfc3339_utc(UNIX_EPOCH + Duration::from_millis(1_999)),
+            "1970-01-01T00:00:01Z"
+        );
+    }
 }

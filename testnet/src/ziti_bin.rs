@@ -134,8 +134,8 @@ fn parse_sums(text: &str, archive_name: &str) -> Option<ArchiveSums> {
 fn sha256_file(path: &Path) -> Result<String, TestNetError> {
     use sha2::Digest;
     use std::io::Read;
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| io_err(&format!("open {}", path.display()), e))?;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| io_err(&format!("open {}", path.display()), e))?;
     let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -342,7 +342,10 @@ mod tests {
         let dest = dir.path().join("ziti");
         let err = install_from_archive(&archive, &dest).unwrap_err();
         let text = err.to_string();
-        assert!(matches!(err, TestNetError::ChecksumMismatch { .. }), "{text}");
+        assert!(
+            matches!(err, TestNetError::ChecksumMismatch { .. }),
+            "{text}"
+        );
         assert!(text.contains("checksum mismatch"), "{text}");
         assert!(!dest.exists());
     }

@@ -154,7 +154,8 @@ async fn fails_over_from_a_dead_first_upstream() {
         took >= timeout,
         "the dead upstream was tried first ({took:?})"
     );
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    // Given up on after its timeout, not tried again and again (generous for a loaded machine).
+    assert!(took < Duration::from_secs(5), "{took:?}");
     // Over TCP too (connection refused, then the next upstream).
     let m = tcp_query(
         srv.local_addr(),

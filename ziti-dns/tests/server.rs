@@ -134,8 +134,9 @@ async fn malformed_burst_leaves_the_server_answering() {
         async move {
             let mut buf = vec![0u8; 65535];
             let mut formerr_seen = 0usize;
+            // Replies until the server has been silent for 2 s (the burst is over).
             while let Ok(Ok((n, _))) =
-                tokio::time::timeout(Duration::from_millis(500), sock.recv_from(&mut buf)).await
+                tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await
             {
                 let m = Message::from_vec(&buf[..n]).expect("server replies always decode");
                 assert_eq!(m.metadata.message_type, MessageType::Response);
@@ -264,7 +265,7 @@ async fn excess_forwarded_queries_get_servfail_at_once() {
     let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let cfg = DnsConfig {
         max_in_flight: 1,
-        upstream_timeout: Duration::from_secs(3),
+        upstream_timeout: Duration::from_secs(12),
         ..config(vec![silent.local_addr().unwrap()])
     };
     let (srv, table) = start(cfg).await;
@@ -282,8 +283,9 @@ async fn excess_forwarded_queries_get_servfail_at_once() {
         (m.metadata.id, m.metadata.response_code),
         (2, ResponseCode::ServFail)
     );
+    // At once, not after the 12 s upstream timeout (generous for a loaded machine).
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(6),
         "{:?}",
         started.elapsed()
     );

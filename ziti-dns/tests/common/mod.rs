@@ -84,7 +84,7 @@ impl Dnsmasq {
     }
 
     fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let sock = UdpSocket::bind("127.0.0.1:0")?;
         sock.set_read_timeout(Some(Duration::from_millis(100)))?;
         let probe = query_bytes("ready.probe.", RecordType::A, 1, None);
@@ -98,7 +98,7 @@ impl Dnsmasq {
                 return Ok(());
             }
         }
-        bail!("dnsmasq did not answer on {} within 10 s", self.addr)
+        bail!("dnsmasq did not answer on {} within 30 s", self.addr)
     }
 }
 
@@ -129,9 +129,9 @@ pub async fn udp_query(server: SocketAddr, packet: &[u8]) -> anyhow::Result<Mess
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
     sock.send_to(packet, server).await?;
     let mut buf = vec![0u8; 65535];
-    let (n, from) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+    let (n, from) = tokio::time::timeout(Duration::from_secs(15), sock.recv_from(&mut buf))
         .await
-        .context("no UDP reply within 5 s")??;
+        .context("no UDP reply within 15 s")??;
     anyhow::ensure!(from == server, "reply from {from}");
     Ok(Message::from_vec(&buf[..n])?)
 }
@@ -149,9 +149,9 @@ pub async fn tcp_query(server: SocketAddr, packet: &[u8]) -> anyhow::Result<Mess
         s.read_exact(&mut buf).await?;
         Ok::<_, std::io::Error>(buf)
     };
-    let buf = tokio::time::timeout(Duration::from_secs(5), reply)
+    let buf = tokio::time::timeout(Duration::from_secs(15), reply)
         .await
-        .context("no TCP reply within 5 s")??;
+        .context("no TCP reply within 15 s")??;
     Ok(Message::from_vec(&buf)?)
 }
 

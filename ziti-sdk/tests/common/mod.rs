@@ -93,8 +93,26 @@ pub struct Transfer {
     pub received_sha256: [u8; 32],
 }
 
+/// How long a transfer may go without moving a byte before it counts as stalled: generous for a
+/// loaded machine, and a stalled data path fails the test instead of hanging the suite.
+pub const STALL: Duration = Duration::from_secs(60);
+
+/// `io` or a `TimedOut` error when it makes no progress within [`STALL`].
+pub async fn unstalled<T>(
+    what: &str,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(STALL, io).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what}: no progress for {STALL:?}"),
+        ))
+    })
+}
+
 /// Writes `send_len` pseudo-random bytes (from `seed`) then half-closes, while reading to EOF;
-/// both directions run at once, so neither side's buffers limit the transfer.
+/// both directions run at once, so neither side's buffers limit the transfer. Either direction
+/// failing to move for [`STALL`] is an error.
 pub async fn exchange<S>(stream: S, send_len: u64, seed: u64) -> std::io::Result<Transfer>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -114,18 +132,18 @@ where
                 let bytes = rng.to_le_bytes();
                 word.copy_from_slice(&bytes[..word.len()]);
             }
-            wr.write_all(&chunk[..n]).await?;
+            unstalled("write", wr.write_all(&chunk[..n])).await?;
             hash.update(&chunk[..n]);
             left -= n as u64;
         }
-        wr.shutdown().await?;
+        unstalled("shutdown", wr.shutdown()).await?;
         Ok::<_, std::io::Error>((send_len, <[u8; 32]>::from(hash.finalize())))
     });
     let mut hash = Sha256::new();
     let mut total = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = rd.read(&mut buf).await?;
+        let n = unstalled("read", rd.read(&mut buf)).await?;
         if n == 0 {
             break;
         }
