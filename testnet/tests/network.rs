@@ -3,9 +3,10 @@
 
 use testnet::TestNet;
 
+/// One network for both checks (each start costs seconds of CPU on a loaded machine).
 #[test]
-fn network_starts_and_router_is_online() {
-    let net = TestNet::shared();
+fn network_starts_works_and_dropping_it_kills_its_processes() {
+    let net = TestNet::start().unwrap();
     assert!(net.router_online().unwrap(), "router should be online");
     let version = net
         .ziti(&["--version"])
@@ -21,11 +22,7 @@ fn network_starts_and_router_is_online() {
         3,
         "enrollment JWT has three parts"
     );
-}
 
-#[test]
-fn dropping_a_network_kills_its_processes() {
-    let net = TestNet::start().unwrap();
     let home = net.home().to_path_buf();
     let pids = pids_mentioning(&home);
     assert!(

@@ -13,13 +13,16 @@ use ziti_sdk::context::{DialError, ZitiContext};
 
 const MB: u64 = 1024 * 1024;
 
-/// Dials, retrying while the service has no terminator yet (hosts take a moment to bind).
+/// Dials, retrying while the service has no terminator yet (hosts take a moment to bind) or the
+/// dial times out (a loaded machine).
 async fn dial_when_hosted(ctx: &ZitiContext, service: &str) -> ziti_sdk::router::EdgeStream {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         match ctx.dial(service).await {
             Ok(s) => return s,
-            Err(e @ DialError::NoTerminators { .. }) if Instant::now() < deadline => {
+            Err(e @ (DialError::NoTerminators { .. } | DialError::Timeout { .. }))
+                if Instant::now() < deadline =>
+            {
                 tracing::debug!("waiting for terminator: {e}");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }

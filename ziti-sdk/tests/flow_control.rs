@@ -14,13 +14,16 @@ use tokio::net::TcpListener;
 use ziti_sdk::context::{DialError, ZitiContext};
 use ziti_sdk::router::EdgeStream;
 
-/// Dials, retrying while the service has no terminator yet (hosts take a moment to bind).
+/// Dials, retrying while the service has no terminator yet (hosts take a moment to bind) or the
+/// dial times out (a loaded machine).
 async fn dial_when_hosted(ctx: &ZitiContext, service: &str) -> EdgeStream {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         match ctx.dial(service).await {
             Ok(s) => return s,
-            Err(DialError::NoTerminators { .. }) if Instant::now() < deadline => {
+            Err(DialError::NoTerminators { .. } | DialError::Timeout { .. })
+                if Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             Err(e) => panic!("dial {service}: {e}"),
