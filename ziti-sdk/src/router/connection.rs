@@ -474,6 +474,7 @@ impl RouterConnection {
             OpenError::TimedOut(after) => RouterError::Timeout { router, after },
             OpenError::Protocol(source) => RouterError::Protocol { router, source },
             OpenError::ChannelClosed => RouterError::Closed { router },
+            OpenError::TooManyDials(waiting) => RouterError::Busy { router, waiting },
         }
     }
 }

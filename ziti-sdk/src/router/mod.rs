@@ -92,6 +92,14 @@ pub enum RouterError {
         #[source]
         source: crate::edge::ConnError,
     },
+    /// Too many dials already wait their turn on this router connection.
+    #[error("{waiting} dials already wait for edge router {router}; try again later")]
+    Busy {
+        /// Router name.
+        router: String,
+        /// Dials waiting.
+        waiting: usize,
+    },
     /// Every edge connection id of the channel is in use.
     #[error("no free connection id on the channel to edge router {router}")]
     NoFreeConnId {

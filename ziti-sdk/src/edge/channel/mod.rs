@@ -73,6 +73,13 @@ pub struct ChannelConfig {
     pub sdk_flow_control: bool,
     /// Circuit tunables in SDK xgress mode.
     pub xgress: xgress::Options,
+    /// Dials awaiting the router's answer at once; more wait their turn in order, and a
+    /// dial's timeout starts when it is sent. A burst then costs the controller only circuits
+    /// it can build in time, instead of all of them at once, most too late.
+    pub max_dials_in_flight: usize,
+    /// Dials that may wait for their turn before [`Channel::dial`] answers
+    /// [`OpenError::TooManyDials`].
+    pub max_queued_dials: usize,
 }
 
 impl Default for ChannelConfig {
@@ -89,6 +96,8 @@ impl Default for ChannelConfig {
             max_data_body: 32 * 1024,
             sdk_flow_control: true,
             xgress: xgress::Options::default(),
+            max_dials_in_flight: 64,
+            max_queued_dials: 16 * 1024,
         }
     }
 }
@@ -139,6 +148,9 @@ pub enum OpenError {
     /// The channel ended first.
     #[error("the router connection closed")]
     ChannelClosed,
+    /// Too many dials already wait for this router connection.
+    #[error("{0} dials already wait for this router connection; try again later")]
+    TooManyDials(usize),
 }
 
 /// Why a connection ended without an orderly FIN from its peer.
@@ -302,6 +314,14 @@ pub enum Event {
     Latency(Duration),
 }
 
+/// A Connect waiting for a place among the dials in flight.
+#[derive(Debug)]
+struct QueuedDial {
+    conn: u32,
+    msg: Message,
+    timeout: Duration,
+}
+
 /// A request waiting for its reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
@@ -374,6 +394,10 @@ pub struct Channel {
     /// Wall clock at `clock_base`, in Unix milliseconds (xgress RTT stamps).
     unix_base_ms: u64,
     clock_base: Instant,
+    /// Dials sent and not yet answered.
+    dials_in_flight: usize,
+    /// Dials waiting for a free place in flight, oldest first.
+    dial_queue: VecDeque<QueuedDial>,
     events: VecDeque<Event>,
     rng: rand::rngs::StdRng,
     hello: Option<HelloResult>,
@@ -417,6 +441,8 @@ impl Channel {
             circuits: HashMap::new(),
             unix_base_ms: unix_ms,
             clock_base: now,
+            dials_in_flight: 0,
+            dial_queue: VecDeque::new(),
             events: VecDeque::new(),
             rng: rand::rngs::StdRng::seed_from_u64(seed),
             hello: None,
@@ -608,7 +634,9 @@ impl Channel {
     }
 
     /// Starts a dial; its outcome is [`Event::DialSucceeded`] or [`Event::DialFailed`] for the
-    /// returned connection id.
+    /// returned connection id. At most [`ChannelConfig::max_dials_in_flight`] Connects await
+    /// the router at once; later dials wait their turn in order, and each one's timeout runs
+    /// from when it is sent.
     pub fn dial(&mut self, now: Instant, params: &DialParams) -> Result<u32, OpenError> {
         if self.phase != Phase::Open {
             return Err(OpenError::ChannelClosed);
@@ -631,18 +659,27 @@ impl Channel {
         if self.config.sdk_flow_control {
             msg.headers.put_bool(header::USE_XGRESS_TO_SDK, true);
         }
-        let seq = self.seq.stamp(&mut msg);
-        self.slots.insert(conn, Slot::new(edge, SlotKind::Dialing));
-        self.pending.insert(
-            seq,
-            Pending::Dial {
+        if self.dials_in_flight >= self.config.max_dials_in_flight {
+            if self.dial_queue.len() >= self.config.max_queued_dials {
+                self.ids.release(conn);
+                return Err(OpenError::TooManyDials(self.dial_queue.len()));
+            }
+            self.slots.insert(conn, Slot::new(edge, SlotKind::Dialing));
+            self.dial_queue.push_back(QueuedDial {
                 conn,
+                msg,
                 timeout: params.timeout,
-            },
-        );
-        self.arm(seq, now + params.timeout);
-        self.encode(&msg);
+            });
+            return Ok(conn);
+        }
+        self.slots.insert(conn, Slot::new(edge, SlotKind::Dialing));
+        self.send_dial(now, conn, msg, params.timeout);
         Ok(conn)
+    }
+
+    /// Dials sent and not yet answered, and dials waiting for their turn.
+    pub fn dials_pending(&self) -> (usize, usize) {
+        (self.dials_in_flight, self.dial_queue.len())
     }
 
     /// Starts a bind; its outcome is [`Event::BindSucceeded`] or [`Event::BindFailed`].
@@ -869,6 +906,15 @@ impl Channel {
         let Some(slot) = self.slots.get_mut(&conn) else {
             return;
         };
+        if slot.kind == SlotKind::Dialing
+            && let Some(i) = self.dial_queue.iter().position(|q| q.conn == conn)
+        {
+            // Never sent: the router knows nothing of it.
+            self.dial_queue.remove(i);
+            self.slots.remove(&conn);
+            self.ids.release(conn);
+            return;
+        }
         if let Some(since) = slot.overflow_since.take() {
             self.overflow_deadlines
                 .remove(&(since + self.config.overflow_grace, conn));
@@ -1137,6 +1183,31 @@ impl Channel {
         h
     }
 
+    fn send_dial(&mut self, now: Instant, conn: u32, mut msg: Message, timeout: Duration) {
+        let seq = self.seq.stamp(&mut msg);
+        self.pending.insert(seq, Pending::Dial { conn, timeout });
+        self.arm(seq, now + timeout);
+        self.encode(&msg);
+        self.dials_in_flight += 1;
+    }
+
+    /// A dial in flight was answered or gave up: the next waiting dial goes out.
+    fn dial_done(&mut self, now: Instant) {
+        self.dials_in_flight = self.dials_in_flight.saturating_sub(1);
+        while self.dials_in_flight < self.config.max_dials_in_flight
+            && self.phase == Phase::Open
+            && let Some(q) = self.dial_queue.pop_front()
+        {
+            if self
+                .slots
+                .get(&q.conn)
+                .is_some_and(|s| s.kind == SlotKind::Dialing)
+            {
+                self.send_dial(now, q.conn, q.msg, q.timeout);
+            }
+        }
+    }
+
     fn encode(&mut self, msg: &Message) {
         if let Err(e) = msg.encode(&mut self.out) {
             // Only our own oversized messages can fail to encode; drop them loudly.
@@ -1183,6 +1254,14 @@ impl Channel {
                 _ => {}
             }
         }
+        self.dials_in_flight = 0;
+        for q in std::mem::take(&mut self.dial_queue) {
+            self.slots.remove(&q.conn);
+            self.events.push_back(Event::DialFailed {
+                conn: q.conn,
+                error: OpenError::ChannelClosed,
+            });
+        }
         let mut ids: Vec<u32> = self.slots.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
@@ -1215,7 +1294,7 @@ impl Channel {
         self.events.push_back(Event::Closed(why));
     }
 
-    fn request_timed_out(&mut self, _now: Instant, seq: i32, p: Pending) {
+    fn request_timed_out(&mut self, now: Instant, seq: i32, p: Pending) {
         match p {
             Pending::Hello => {
                 self.close_channel(ChannelClosed::HelloTimeout(self.config.hello_timeout))
@@ -1232,6 +1311,7 @@ impl Channel {
                     conn,
                     error: OpenError::TimedOut(timeout),
                 });
+                self.dial_done(now);
             }
             Pending::Bind { bind, timeout } => {
                 self.slots.remove(&bind);
@@ -1360,7 +1440,10 @@ impl Channel {
                     });
                 }
             }
-            Pending::Dial { conn, .. } => self.on_dial_reply(now, conn, msg),
+            Pending::Dial { conn, .. } => {
+                self.on_dial_reply(now, conn, msg);
+                self.dial_done(now);
+            }
         }
     }
 

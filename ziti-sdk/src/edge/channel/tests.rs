@@ -722,6 +722,107 @@ fn transport_loss_ends_every_connection_and_pending_dial() {
 }
 
 #[test]
+fn a_burst_of_dials_waits_its_turn_and_each_timeout_starts_when_sent() {
+    let now = Instant::now();
+    let mut ch = Channel::new(
+        ChannelConfig {
+            max_dials_in_flight: 2,
+            max_queued_dials: 3,
+            ..config()
+        },
+        "api-token",
+        now,
+        7,
+        1_700_000_000_000,
+    );
+    let mut r = Router::new();
+    let hello = r.take(&mut ch);
+    let mut answer = Message::new(content_type::RESULT, "");
+    answer.reply_to(&hello[0]);
+    answer.headers.put_bool(channel::RESULT_SUCCESS, true);
+    r.send(&mut ch, now, &answer);
+    events(&mut ch);
+
+    let ids: Vec<u32> = (0..5)
+        .map(|_| ch.dial(now, &dial_params()).unwrap())
+        .collect();
+    assert_eq!(
+        ch.dial(now, &dial_params()),
+        Err(OpenError::TooManyDials(3)),
+        "the queue is bounded"
+    );
+    assert_eq!(ch.dials_pending(), (2, 3));
+    let sent = r.take(&mut ch);
+    let conns: Vec<_> = sent
+        .iter()
+        .map(|m| m.headers.get_u32(header::CONN_ID))
+        .collect();
+    assert_eq!(conns, vec![Some(ids[0]), Some(ids[1])], "two in flight");
+
+    // A queued dial the application gives up on is never sent.
+    ch.close_conn(now, ids[3], "cancelled");
+    assert_eq!(ch.dials_pending(), (2, 2));
+    assert!(r.take(&mut ch).is_empty(), "nothing to tell the router");
+
+    // The first answer lets the next waiting dial out, 4 s later; the second times out at 5 s.
+    let t4 = now + Duration::from_secs(4);
+    let ok = reply(ContentType::StateConnected, &sent[0], ids[0], "");
+    r.send(&mut ch, t4, &ok);
+    let next = r.take(&mut ch);
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].headers.get_u32(header::CONN_ID), Some(ids[2]));
+    let t5 = now + Duration::from_secs(5);
+    ch.handle_timeout(t5);
+    let ev = events(&mut ch);
+    assert!(ev.contains(&Event::DialSucceeded {
+        conn: ids[0],
+        circuit_id: None
+    }));
+    assert!(ev.contains(&Event::DialFailed {
+        conn: ids[1],
+        error: OpenError::TimedOut(Duration::from_secs(5))
+    }));
+    // ids[1]'s timeout sent its StateClosed and let the last waiting dial out.
+    let after = r.take(&mut ch);
+    assert!(
+        after
+            .iter()
+            .any(|m| m.content_type == ContentType::Connect as i32
+                && m.headers.get_u32(header::CONN_ID) == Some(ids[4])),
+        "{after:?}"
+    );
+    // ids[2], sent at 4 s, is still waiting at 8.9 s and times out at 9 s.
+    ch.handle_timeout(now + Duration::from_millis(8900));
+    assert!(
+        !events(&mut ch)
+            .iter()
+            .any(|e| matches!(e, Event::DialFailed { conn, .. } if *conn == ids[2]))
+    );
+    ch.handle_timeout(now + Duration::from_secs(9));
+    assert!(events(&mut ch).contains(&Event::DialFailed {
+        conn: ids[2],
+        error: OpenError::TimedOut(Duration::from_secs(5))
+    }));
+    assert_eq!(ch.dials_pending(), (1, 0));
+
+    // Queued dials fail when the channel ends.
+    let a = ch.dial(t5, &dial_params()).unwrap();
+    let b = ch.dial(t5, &dial_params()).unwrap();
+    assert_eq!(ch.dials_pending(), (2, 1));
+    ch.transport_closed("gone");
+    let ev = events(&mut ch);
+    for conn in [a, b, ids[4]] {
+        assert!(
+            ev.contains(&Event::DialFailed {
+                conn,
+                error: OpenError::ChannelClosed
+            }),
+            "{conn}: {ev:?}"
+        );
+    }
+}
+
+#[test]
 fn garbage_from_the_router_ends_the_channel() {
     let now = Instant::now();
     let (mut ch, _r) = open(now);
