@@ -495,7 +495,8 @@ impl Circuit {
         if self.tx == TxState::Closed {
             return;
         }
-        self.send.on_ack(ack, self.clock.stamp(now), &self.opts);
+        self.send
+            .on_ack(ack, now, self.clock.stamp(now), &self.opts);
         self.send.maybe_retransmit(now, &self.opts);
         self.check_close(now);
         self.update_writable();

@@ -8,6 +8,10 @@
 //!   router that forwards a payload re-stamps it with its own `uint16(NowInMilliseconds())`
 //!   (sdk-golang `messages.go` `Payload.Marshall`, called by the router's link and edge
 //!   senders), so the echo we get back is usually a router's stamp.
+//! * Not in Go: when an acknowledgement covers a payload we sent exactly once, the sample is
+//!   our own send-to-acknowledgement time instead (Karn's rule). The echo measures only from
+//!   the last router on, not the payloads waiting in our own transmit queue, and a timeout
+//!   below the real round trip resends data that was never lost.
 //! * Not in Go: a sample of 32768 ms or more (an echo from a clock ahead of ours, as seen in
 //!   16-bit wrapping arithmetic) is ignored; Go takes it and ends up near `retx_max`.
 //! * A sample is capped at `max_rtt_scale` times the previous estimate, then averaged with it:
@@ -82,10 +86,23 @@ impl RttEstimator {
         if echo == 0 {
             return;
         }
-        let mut rtt = now_stamp.wrapping_sub(echo);
+        let rtt = now_stamp.wrapping_sub(echo);
         if rtt >= MAX_SAMPLE_MS {
             return;
         }
+        self.take(rtt, opts);
+    }
+
+    /// Takes one sample measured by the sender itself: from a payload's (only) transmission to
+    /// its acknowledgement.
+    pub(crate) fn on_measured(&mut self, rtt: Duration, opts: &Options) {
+        let ms = u16::try_from(rtt.as_millis())
+            .unwrap_or(u16::MAX)
+            .min(MAX_SAMPLE_MS - 1);
+        self.take(ms, opts);
+    }
+
+    fn take(&mut self, mut rtt: u16, opts: &Options) {
         if self.last_rtt_ms > 0 && opts.max_rtt_scale > 0 {
             // Go multiplies in u16 and can wrap; saturate instead.
             rtt = rtt.min(self.last_rtt_ms.saturating_mul(opts.max_rtt_scale));

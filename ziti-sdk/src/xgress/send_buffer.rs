@@ -42,6 +42,8 @@ struct TxPayload {
     /// Which transmission this is (0 = not sent yet); matches a live [`SentMark`].
     generation: u64,
     sent_at: Option<Instant>,
+    /// How many times it went out (an RTT sample is taken only from payloads sent once).
+    transmissions: u8,
     retx_queued: bool,
 }
 
@@ -134,6 +136,7 @@ impl SendBuffer {
                 data,
                 generation: 0,
                 sent_at: None,
+                transmissions: 0,
                 retx_queued: false,
             },
         );
@@ -176,6 +179,7 @@ impl SendBuffer {
             Some(p) => {
                 p.generation = generation;
                 p.sent_at = Some(now);
+                p.transmissions = p.transmissions.saturating_add(1);
                 Outgoing {
                     seq,
                     flags: p.flags,
@@ -204,12 +208,20 @@ impl SendBuffer {
     pub(crate) fn on_ack(
         &mut self,
         ack: &Acknowledgement,
+        now: Instant,
         now_stamp: u16,
         opts: &Options,
     ) -> AckSummary {
         let mut summary = AckSummary::default();
+        let mut own_sample = None;
         for seq in &ack.sequences {
             if let Some(p) = self.unacked.remove(seq) {
+                if p.transmissions == 1
+                    && let Some(sent) = p.sent_at
+                {
+                    // Karn: only a payload sent once tells which transmission was answered.
+                    own_sample = Some(now.saturating_duration_since(sent));
+                }
                 let size = u32::try_from(p.data.len()).unwrap_or(u32::MAX);
                 self.unacked_bytes = self.unacked_bytes.saturating_sub(p.data.len() as u64);
                 self.accumulator = self.accumulator.saturating_add(size);
@@ -236,7 +248,12 @@ impl SendBuffer {
             }
         }
         self.remote_rx_size = ack.recv_buffer_size;
-        self.rtt.on_sample(ack.rtt, now_stamp, opts);
+        match own_sample {
+            // From our send to its acknowledgement: includes our own transmit queue and the
+            // first hop, which the echoed stamp (a router's re-stamp) leaves out.
+            Some(d) => self.rtt.on_measured(d, opts),
+            None => self.rtt.on_sample(ack.rtt, now_stamp, opts),
+        }
         self.prune();
         summary
     }
@@ -424,12 +441,12 @@ mod tests {
         assert!(b.next_transmit(t, true).is_none());
         // The peer acknowledges both but reports a full buffer: blocked by the remote window,
         // yet one probe payload is allowed since nothing is in flight.
-        b.on_ack(&ack(&[0, 1], 5 * 1024 * 1024), 1, &opts);
+        b.on_ack(&ack(&[0, 1], 5 * 1024 * 1024), t, 1, &opts);
         assert!(b.window_blocked(&opts));
         assert!(b.accepts_payload(&opts));
         b.push(2, Flags::empty(), PayloadHeaders::new(), data(10));
         assert!(!b.accepts_payload(&opts));
-        b.on_ack(&ack(&[], 0), 1, &opts);
+        b.on_ack(&ack(&[], 0), t, 1, &opts);
         assert!(b.accepts_payload(&opts));
     }
 
@@ -448,7 +465,8 @@ mod tests {
             assert!(b.next_transmit(t0, true).is_some());
         }
         assert_eq!(b.next_timeout(&opts), Some(t0 + Duration::from_millis(200)));
-        b.on_ack(&ack(&[1], 0), 1, &opts);
+        // Acknowledged after 134 ms: our own sample, timeout 134 * 1.5 = 201 ms.
+        b.on_ack(&ack(&[1], 0), t0 + Duration::from_millis(134), 1, &opts);
         b.maybe_retransmit(t0 + Duration::from_millis(199), &opts);
         assert!(b.next_transmit(t0, true).is_none());
         // The next pass may run 64 ms after the previous one.
@@ -465,7 +483,7 @@ mod tests {
         assert_eq!(b.total_retransmits(), 3);
         assert_eq!(b.window(), 3 * 1024 * 1024, "shrunk by 0.75 after 3");
         // Acks for 0 and 1 again: 0 is new, 1 is a duplicate.
-        let s = b.on_ack(&ack(&[0, 1], 0), 1, &opts);
+        let s = b.on_ack(&ack(&[0, 1], 0), t0 + Duration::from_millis(300), 1, &opts);
         assert_eq!((s.acked, s.duplicates), (1, 1));
     }
 
@@ -498,7 +516,12 @@ mod tests {
             b.push(seq, Flags::empty(), PayloadHeaders::new(), data(1000));
             b.next_transmit(t0, true);
         }
-        b.on_ack(&ack(&[0, 1], opts.tx_portal_max_size + 1), 1, &opts);
+        b.on_ack(
+            &ack(&[0, 1], opts.tx_portal_max_size + 1),
+            t0 + Duration::from_millis(10),
+            1,
+            &opts,
+        );
         let due = b.next_timeout(&opts).unwrap();
         assert!(due > t0);
         b.maybe_retransmit(due, &opts);
@@ -521,10 +544,10 @@ mod tests {
             b.push(seq, Flags::empty(), PayloadHeaders::new(), data(100));
             b.next_transmit(t0, true);
         }
-        b.on_ack(&ack(&[0, 1], 0), 1, &opts);
+        b.on_ack(&ack(&[0, 1], 0), t0, 1, &opts);
         assert_eq!(b.window(), 1200);
         // The accumulator is not reset on growth (Go): +400.
-        b.on_ack(&ack(&[2, 3], 0), 1, &opts);
+        b.on_ack(&ack(&[2, 3], 0), t0, 1, &opts);
         assert_eq!(b.window(), 1600);
         assert!(b.is_empty());
         assert_eq!(b.next_timeout(&opts), None);
