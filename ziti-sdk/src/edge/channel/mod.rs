@@ -1128,6 +1128,17 @@ impl Channel {
                 self.xg_deadlines.remove(&(at, conn));
             }
             if let Some(c) = slot.xg {
+                let st = c.stats();
+                tracing::debug!(
+                    conn,
+                    circuit = c.circuit_id(),
+                    retransmits = st.retransmits,
+                    duplicate_acks = st.duplicate_acks,
+                    duplicate_payloads = st.duplicate_payloads,
+                    dropped_payloads = st.dropped_payloads,
+                    rtt = ?st.rtt,
+                    "circuit ended"
+                );
                 self.circuits.remove(c.circuit_id());
             }
             if let Some(since) = slot.overflow_since {
