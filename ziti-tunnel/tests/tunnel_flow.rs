@@ -308,14 +308,12 @@ async fn echo_round_trip(s: &mut TcpStream, i: u32) -> std::io::Result<Duration>
     Ok(started.elapsed())
 }
 
-/// Last run here (loaded 2-core machine): answer to end-of-file 5.5-8.6 µs; worst of 100 echoes
-/// beside an unread connection 14 ms; a new connection 10.8 ms; zt-tunnel grew 5176 KiB over
-/// 2 minutes (limit 6400); 1,000/1,000 connections to a zt-tunnel-hosted service and to a
-/// Go-hosted one. Ignored until it has passed repeatedly: its memory bound failed 2 of 6 earlier
-/// runs (before receive-buffer slices stopped pinning whole read buffers). Run it with
-/// `cargo test -p ziti-tunnel --test tunnel_flow -- --ignored`.
+/// Issue 8 through `zt-tunnel run`. Last run here (idle 2-core machine, one malloc arena as the
+/// binary sets it): answer to end-of-file 6-15 µs; worst of 100 echoes beside an unread
+/// connection 47 ms; a new connection 28 ms; zt-tunnel grew 4644 KiB over 2 minutes (limit 6400;
+/// 6160 with glibc's default arenas); 1,000/1,000 connections to a zt-tunnel-hosted service
+/// and to a Go-hosted one.
 #[test]
-#[ignore = "issue 8 zt-tunnel acceptance: passes, but not yet repeatedly; see the doc comment"]
 fn flows_through_zt_tunnel_run_stay_independent() {
     in_new_netns(|| {
         let net = TestNet::start().unwrap();
