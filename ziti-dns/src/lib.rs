@@ -40,6 +40,8 @@ pub mod fuzz;
 pub mod names;
 /// The IPv4 address pool for intercepted names.
 pub mod pool;
+/// The optional IPv6 address pool for intercepted names (AAAA answers).
+pub mod pool6;
 /// Nameservers from `/etc/resolv.conf`.
 pub mod resolv_conf;
 /// The tokio UDP + TCP server around the core.
@@ -56,5 +58,6 @@ pub use config::{ConfigError, DnsConfig, Upstreams};
 pub use forwarder::{ClientTransport, ForwardError, Forwarder};
 pub use names::{NameError, NamePattern, NameTable, TableError};
 pub use pool::{IpPool, Ipv4Cidr, PoolError};
+pub use pool6::{Ipv6Cidr, Ipv6Pool};
 pub use server::{DnsServer, RunningServer, ServerError};
 pub use table::DnsTable;

@@ -32,6 +32,24 @@ pub enum PoolError {
         /// How many names it can hold.
         capacity: u32,
     },
+    /// The IPv6 prefix leaves no room for the DNS server address plus one name.
+    #[error(
+        "IPv6 pool prefix /{0} is too small: use /126 or shorter (one address for DNS, at least one for a name)"
+    )]
+    Ipv6PrefixTooLong(u8),
+    /// Text is not `ipv6-address/len`.
+    #[error("invalid IPv6 pool {0:?}: expected an IPv6 network such as fd7a:7a7a:7a7a::/64")]
+    Ipv6Parse(String),
+    /// Every address of the IPv6 pool is given to a name.
+    #[error(
+        "IPv6 address pool {pool} is exhausted: all {capacity} addresses are in use; remove names or use a larger pool"
+    )]
+    Ipv6Exhausted {
+        /// The pool that ran out.
+        pool: crate::pool6::Ipv6Cidr,
+        /// How many names it can hold.
+        capacity: u128,
+    },
 }
 
 /// An IPv4 network, `address/prefix`, normalised to its network address.
