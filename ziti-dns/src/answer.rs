@@ -6,7 +6,7 @@
 //! upstream). Malformed input gets FORMERR when a header could be read and is
 //! dropped otherwise; responses are never answered (no reflection loops).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use hickory_proto::op::{Message, OpCode, Query};
 use hickory_proto::rr::{DNSClass, RecordType};
@@ -26,7 +26,7 @@ pub const MIN_UDP_PAYLOAD: u16 = 512;
 /// How the core answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AnswerPolicy {
-    /// TTL of intercepted A records, seconds. Short, so that clients notice
+    /// TTL of intercepted A and AAAA records, seconds. Short, so that clients notice
     /// removed services and recycled addresses soon.
     pub ttl: u32,
     /// Whether an upstream exists; without one, other names get REFUSED.
@@ -164,11 +164,16 @@ impl DnsCore {
             None
         };
         match intercepted {
-            Some(ip) if q.query_type == RecordType::A => {
-                self.reply(packet, &parsed, rcode::NOERROR, Some(ip))
+            Some(addrs) if q.query_type == RecordType::A => {
+                self.reply(packet, &parsed, rcode::NOERROR, Some(IpAddr::V4(addrs.v4)))
             }
-            // AAAA and every other type of an intercepted name: NOERROR without
-            // records, so that clients (musl especially) use the A answer.
+            Some(addrs) if q.query_type == RecordType::AAAA => {
+                // Without an IPv6 pool: NOERROR without records, so that clients
+                // (musl especially) use the A answer.
+                let ip = addrs.v6.map(IpAddr::V6);
+                self.reply(packet, &parsed, rcode::NOERROR, ip)
+            }
+            // Every other type of an intercepted name: NOERROR without records.
             Some(_) => self.reply(packet, &parsed, rcode::NOERROR, None),
             None if !self.policy.forwarding => self.reply(packet, &parsed, rcode::REFUSED, None),
             None => Outcome::Forward(ForwardRequest {
@@ -184,19 +189,13 @@ impl DnsCore {
     }
 
     /// Builds the reply by hand: the client's header and question bytes (its exact
-    /// name case, for 0x20 randomisation), at most one A record, and an OPT record
-    /// if the client sent one.
-    fn reply(
-        &self,
-        packet: &[u8],
-        parsed: &ParsedQuery,
-        code: u8,
-        ip: Option<Ipv4Addr>,
-    ) -> Outcome {
+    /// name case, for 0x20 randomisation), at most one A or AAAA record, and an
+    /// OPT record if the client sent one.
+    fn reply(&self, packet: &[u8], parsed: &ParsedQuery, code: u8, ip: Option<IpAddr>) -> Outcome {
         let Some(question) = packet.get(..parsed.question_end) else {
             return Outcome::Drop;
         };
-        let mut out = Vec::with_capacity(question.len() + 16 + MIN_RECORD_LEN);
+        let mut out = Vec::with_capacity(question.len() + 28 + MIN_RECORD_LEN);
         out.extend_from_slice(question);
         let an = u16::from(ip.is_some());
         let ar = u16::from(parsed.edns.is_some());
@@ -208,12 +207,24 @@ impl DnsCore {
             ar,
         );
         if let Some(ip) = ip {
+            let rtype = match ip {
+                IpAddr::V4(_) => RecordType::A,
+                IpAddr::V6(_) => RecordType::AAAA,
+            };
             out.extend_from_slice(&[0xc0, HEADER_LEN as u8]); // pointer to the question name
-            out.extend_from_slice(&u16::from(RecordType::A).to_be_bytes());
+            out.extend_from_slice(&u16::from(rtype).to_be_bytes());
             out.extend_from_slice(&u16::from(DNSClass::IN).to_be_bytes());
             out.extend_from_slice(&self.policy.ttl.to_be_bytes());
-            out.extend_from_slice(&4u16.to_be_bytes());
-            out.extend_from_slice(&ip.octets());
+            match ip {
+                IpAddr::V4(v4) => {
+                    out.extend_from_slice(&4u16.to_be_bytes());
+                    out.extend_from_slice(&v4.octets());
+                }
+                IpAddr::V6(v6) => {
+                    out.extend_from_slice(&16u16.to_be_bytes());
+                    out.extend_from_slice(&v6.octets());
+                }
+            }
         }
         if let Some((_, version)) = parsed.edns {
             // RFC 6891 §6.1.3: we speak version 0; a higher one gets BADVERS (extended rcode 1).
@@ -312,8 +323,10 @@ pub(crate) fn question_name_key(packet: &[u8]) -> Option<(Option<String>, usize)
 mod tests {
     use super::*;
     use crate::pool::Ipv4Cidr;
+    use crate::pool6::Ipv6Cidr;
     use hickory_proto::op::{Edns, ResponseCode};
     use hickory_proto::rr::{Name, RData};
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn core(forwarding: bool) -> DnsCore {
         let table = DnsTable::new(Ipv4Cidr::new(Ipv4Addr::new(10, 20, 0, 0), 24).unwrap());
@@ -323,6 +336,19 @@ mod tests {
             AnswerPolicy {
                 ttl: 30,
                 forwarding,
+            },
+        )
+    }
+
+    /// A core whose table also has the IPv6 pool `pool6`.
+    fn dual_core(pool4: &str, pool6: &str) -> DnsCore {
+        let table = DnsTable::with_ipv6_pool(pool4.parse().unwrap(), pool6.parse().unwrap());
+        table.set_names(["app.example", "*.corp.example"]).unwrap();
+        DnsCore::new(
+            table,
+            AnswerPolicy {
+                ttl: 30,
+                forwarding: true,
             },
         )
     }
@@ -347,6 +373,16 @@ mod tests {
             .iter()
             .filter_map(|r| match &r.data {
                 RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn aaaa_records(m: &Message) -> Vec<Ipv6Addr> {
+        m.answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::AAAA(a) => Some(a.0),
                 _ => None,
             })
             .collect()
@@ -410,6 +446,134 @@ mod tests {
                 assert_eq!(m.queries[0].query_type, t);
             }
         }
+    }
+
+    #[test]
+    fn aaaa_answers_exact_and_wildcard_names_from_the_ipv6_pool() {
+        let c = dual_core("10.20.0.0/24", "fd00:20::/64");
+        let pool6 = Ipv6Cidr::new("fd00:20::".parse().unwrap(), 64).unwrap();
+        let app6 = c.table().resolve_name_v6("app.example").unwrap();
+        assert_eq!(app6, "fd00:20::2".parse::<Ipv6Addr>().unwrap());
+        for name in ["app.example.", "APP.Example."] {
+            let m = reply(&c, &query(name, RecordType::AAAA));
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
+            assert!(m.metadata.authoritative);
+            assert_eq!(aaaa_records(&m), vec![app6], "{name}");
+            assert_eq!(m.answers.len(), 1);
+            assert_eq!(m.answers[0].ttl, 30);
+            assert_eq!(m.answers[0].record_type(), RecordType::AAAA);
+        }
+        // A wildcard-covered name: its first query (here AAAA) allocates both
+        // addresses; the A query then answers the IPv4 one of the same name.
+        let w6 = aaaa_records(&reply(&c, &query("Db.Corp.Example.", RecordType::AAAA)));
+        assert_eq!(w6.len(), 1);
+        assert!(pool6.contains(w6[0]));
+        assert_ne!(w6[0], app6);
+        let w4 = a_records(&reply(&c, &query("db.corp.example.", RecordType::A)));
+        assert_eq!(w4.len(), 1);
+        let bare6 = aaaa_records(&reply(&c, &query("corp.example.", RecordType::AAAA)));
+        assert_eq!(bare6.len(), 1);
+        assert_ne!(bare6, w6);
+        for ip in [IpAddr::V6(w6[0]), IpAddr::V4(w4[0])] {
+            assert_eq!(
+                c.table().lookup_ip(ip).as_deref(),
+                Some("db.corp.example"),
+                "{ip}"
+            );
+        }
+        // The A answer of an exact name is unchanged by the IPv6 pool.
+        let app4 = c.table().resolve_name("app.example").unwrap();
+        assert_eq!(
+            a_records(&reply(&c, &query("app.example.", RecordType::A))),
+            vec![app4]
+        );
+        // Other types stay empty; names not intercepted still go upstream.
+        let m = reply(&c, &query("app.example.", RecordType::MX));
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert!(m.answers.is_empty());
+        assert!(matches!(
+            c.handle(&query("www.example.com.", RecordType::AAAA)),
+            Outcome::Forward(_)
+        ));
+    }
+
+    #[test]
+    fn same_name_gets_the_same_ipv6_address_again() {
+        let c = dual_core("10.20.0.0/24", "fd00:20::/64");
+        let first = aaaa_records(&reply(&c, &query("x.corp.example.", RecordType::AAAA)));
+        let other = aaaa_records(&reply(&c, &query("y.corp.example.", RecordType::AAAA)));
+        for _ in 0..3 {
+            for name in ["x.corp.example.", "X.CORP.EXAMPLE.", "x.corp.example"] {
+                let again = aaaa_records(&reply(&c, &query(name, RecordType::AAAA)));
+                assert_eq!(again, first, "{name}");
+            }
+        }
+        assert_ne!(first, other);
+        assert_eq!(c.table().allocated(), 3, "app + x + y");
+    }
+
+    #[test]
+    fn aaaa_with_edns_carries_the_record_and_opt() {
+        let c = dual_core("10.20.0.0/24", "fd00:20::/64");
+        let mut m = Message::from_vec(&query("app.example.", RecordType::AAAA)).unwrap();
+        m.set_edns(Edns::new());
+        let r = reply(&c, &m.to_vec().unwrap());
+        assert_eq!(
+            aaaa_records(&r),
+            vec![c.table().resolve_name_v6("app.example").unwrap()]
+        );
+        assert_eq!(
+            r.edns.as_ref().map(|e| e.max_payload()),
+            Some(EDNS_UDP_SIZE)
+        );
+    }
+
+    #[test]
+    fn exhausted_ipv6_pool_gives_servfail_and_release_recovers() {
+        // /24 IPv4 (253 names) but only two IPv6 addresses: the IPv6 pool runs out first.
+        let c = dual_core("10.30.0.0/24", "fd00:30::/126");
+        let table = c.table().clone();
+        let app6 = table.resolve_name_v6("app.example").unwrap();
+        let a6 = aaaa_records(&reply(&c, &query("a.corp.example.", RecordType::AAAA)));
+        assert_eq!(a6, vec!["fd00:30::3".parse::<Ipv6Addr>().unwrap()]);
+        let in_use = table.allocated();
+        for t in [RecordType::AAAA, RecordType::A] {
+            let m = reply(&c, &query("b.corp.example.", t));
+            assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "{t}");
+            assert!(m.answers.is_empty(), "{t}");
+        }
+        assert_eq!(table.allocated(), in_use, "a failed name holds nothing");
+        assert!(matches!(
+            table.try_resolve_addrs("b.corp.example"),
+            Err(crate::PoolError::Ipv6Exhausted { capacity: 2, .. })
+        ));
+        // Names that hold addresses keep answering.
+        assert_eq!(
+            aaaa_records(&reply(&c, &query("a.corp.example.", RecordType::AAAA))),
+            a6
+        );
+        // Removing a name frees its IPv6 address for the next one.
+        table.remove_name("app.example").unwrap();
+        assert_eq!(table.lookup_ip(IpAddr::V6(app6)), None);
+        let b6 = aaaa_records(&reply(&c, &query("b.corp.example.", RecordType::AAAA)));
+        assert_eq!(b6, vec![app6]);
+        assert_eq!(
+            table.lookup_ip(IpAddr::V6(app6)).as_deref(),
+            Some("b.corp.example")
+        );
+    }
+
+    #[test]
+    fn exhausted_ipv4_pool_with_ipv6_pool_gives_servfail() {
+        let c = dual_core("10.30.0.0/30", "fd00:30::/64"); // one IPv4 address
+        let m = reply(&c, &query("a.corp.example.", RecordType::AAAA));
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+        assert!(matches!(
+            c.table().try_resolve_addrs("a.corp.example"),
+            Err(crate::PoolError::Exhausted { capacity: 1, .. })
+        ));
+        assert_eq!(c.table().allocated(), 1, "only app.example");
+        assert_eq!(c.table().ipv6_pool().map(|p| p.prefix()), Some(64));
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::pool::Ipv4Cidr;
+use crate::pool6::Ipv6Cidr;
 use crate::resolv_conf;
 
 /// Where forwarded queries go.
@@ -45,6 +46,10 @@ pub struct DnsConfig {
     pub listen: SocketAddr,
     /// Pool intercepted names get addresses from; its first usable address is the DNS server's.
     pub pool: Ipv4Cidr,
+    /// Pool intercepted names also get an IPv6 address from, for AAAA answers
+    /// ([`Ipv6Cidr::DEFAULT`] is a suggestion). `None` (the default): IPv4 only,
+    /// AAAA queries for intercepted names get an empty NOERROR answer.
+    pub ipv6_pool: Option<Ipv6Cidr>,
     /// Resolvers for names that are not intercepted.
     pub upstreams: Upstreams,
     /// How long to wait for one upstream before trying the next.
@@ -52,7 +57,7 @@ pub struct DnsConfig {
     /// Forwarded queries in flight at once; beyond it clients get SERVFAIL at once
     /// (an immediate answer lets them retry, where a drop would cost them a timeout).
     pub max_in_flight: usize,
-    /// TTL of intercepted A answers, seconds.
+    /// TTL of intercepted A and AAAA answers, seconds.
     pub ttl: u32,
     /// Client TCP connections served at once; more are closed on accept.
     pub max_tcp_connections: usize,
@@ -66,6 +71,7 @@ impl Default for DnsConfig {
         Self {
             listen: SocketAddr::new(IpAddr::V4(pool.dns_addr()), resolv_conf::DNS_PORT),
             pool,
+            ipv6_pool: None,
             upstreams: Upstreams::System,
             upstream_timeout: Duration::from_secs(2),
             max_in_flight: 512,

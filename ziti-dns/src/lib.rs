@@ -2,8 +2,11 @@
 //!
 //! Inside a tunneler session, names of intercepted services resolve to addresses
 //! from a pool the TUN device owns; every other name is forwarded to the real
-//! resolvers. The answering core ([`DnsCore`]) is pure (bytes in, [`Outcome`]
-//! out); [`DnsServer`] and [`Forwarder`] are the tokio shell around it.
+//! resolvers. A table with an IPv6 pool ([`DnsTable::with_ipv6_pool`]) gives
+//! each intercepted name an IPv6 address too and answers AAAA with it; without
+//! one, AAAA for an intercepted name is an empty NOERROR. The answering core
+//! ([`DnsCore`]) is pure (bytes in, [`Outcome`] out); [`DnsServer`] and
+//! [`Forwarder`] are the tokio shell around it.
 //!
 //! ```
 //! use std::net::IpAddr;
@@ -56,7 +59,7 @@ pub mod wire;
 pub use answer::{AnswerPolicy, DnsCore, ForwardRequest, Outcome};
 pub use config::{ConfigError, DnsConfig, Upstreams};
 pub use forwarder::{ClientTransport, ForwardError, Forwarder};
-pub use names::{NameError, NamePattern, NameTable, TableError};
+pub use names::{NameError, NamePattern, NameTable, PoolAddrs, TableError};
 pub use pool::{IpPool, Ipv4Cidr, PoolError};
 pub use pool6::{Ipv6Cidr, Ipv6Pool};
 pub use server::{DnsServer, RunningServer, ServerError};

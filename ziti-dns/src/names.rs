@@ -6,11 +6,16 @@
 //! name below `corp.example` and `corp.example` itself (as the C tunneler does),
 //! and each covered name gets its own address on first lookup. Exact patterns win
 //! over wildcards, and the longest covering wildcard is the one reported.
+//!
+//! With an IPv6 pool ([`NameTable::with_ipv6_pool`]), every name that gets an
+//! IPv4 address gets an IPv6 one at the same moment, keeps both for as long as
+//! it holds either, and gives both back together.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::pool::{IpPool, Ipv4Cidr, PoolError};
+use crate::pool6::{Ipv6Cidr, Ipv6Pool};
 
 /// Longest name in presentation form without the trailing dot (RFC 1035: 255 octets on the wire).
 const MAX_NAME_LEN: usize = 253;
@@ -124,9 +129,20 @@ pub enum NameLookup {
     NotIntercepted,
 }
 
+/// The pool addresses one intercepted name holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolAddrs {
+    /// The IPv4 pool address (A answers).
+    pub v4: Ipv4Addr,
+    /// The IPv6 pool address (AAAA answers); `None` when the table has no IPv6 pool.
+    pub v6: Option<Ipv6Addr>,
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     ip: Ipv4Addr,
+    /// Present exactly when the table has an IPv6 pool.
+    ip6: Option<Ipv6Addr>,
     /// Added as an exact pattern (else it lives only because a wildcard covers it).
     exact: bool,
 }
@@ -134,29 +150,76 @@ struct Entry {
 /// The name <-> address table (single owner; share it through [`crate::DnsTable`]).
 ///
 /// Invariant: every entry is either exact or covered by a wildcard in `wildcards`,
-/// `by_ip` is the exact inverse of `entries`, and every address is allocated in `pool`.
+/// `by_ip` and `by_ip6` are the exact inverses of `entries`, every address is
+/// allocated in `pool` or `pool6`, and an entry has an IPv6 address exactly when
+/// `pool6` is set.
 #[derive(Debug, Clone)]
 pub struct NameTable {
     pool: IpPool,
+    pool6: Option<Ipv6Pool>,
     entries: HashMap<String, Entry>,
     by_ip: HashMap<Ipv4Addr, String>,
+    by_ip6: HashMap<Ipv6Addr, String>,
     wildcards: HashSet<String>,
 }
 
 impl NameTable {
-    /// An empty table allocating from `pool`.
+    /// An empty table allocating IPv4 addresses from `pool` (AAAA queries get no address).
     pub fn new(pool: Ipv4Cidr) -> Self {
         Self {
             pool: IpPool::new(pool),
+            pool6: None,
             entries: HashMap::new(),
             by_ip: HashMap::new(),
+            by_ip6: HashMap::new(),
             wildcards: HashSet::new(),
+        }
+    }
+
+    /// An empty table giving each name an address from `pool` and one from `pool6`.
+    pub fn with_ipv6_pool(pool: Ipv4Cidr, pool6: Ipv6Cidr) -> Self {
+        Self {
+            pool6: Some(Ipv6Pool::new(pool6)),
+            ..Self::new(pool)
         }
     }
 
     /// The pool addresses come from.
     pub fn pool(&self) -> &IpPool {
         &self.pool
+    }
+
+    /// The IPv6 pool, if the table has one.
+    pub fn ipv6_pool(&self) -> Option<&Ipv6Pool> {
+        self.pool6.as_ref()
+    }
+
+    /// Gives `name` its addresses: both or neither, so a full IPv6 pool leaves
+    /// no IPv4 address taken (and the reverse).
+    fn allocate(&mut self, name: &str, exact: bool) -> Result<Entry, PoolError> {
+        self.pool.check_room()?;
+        if let Some(pool6) = &self.pool6 {
+            pool6.check_room()?;
+        }
+        let ip = self.pool.allocate()?;
+        let ip6 = match &mut self.pool6 {
+            Some(pool6) => match pool6.allocate() {
+                Ok(ip6) => Some(ip6),
+                Err(e) => {
+                    // Unreachable after the room check; undo rather than trust it.
+                    self.pool.release(ip);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        self.by_ip.insert(ip, name.to_owned());
+        if let Some(ip6) = ip6 {
+            self.by_ip6.insert(ip6, name.to_owned());
+        }
+        let entry = Entry { ip, ip6, exact };
+        self.entries.insert(name.to_owned(), entry.clone());
+        Ok(entry)
     }
 
     /// Adds `name` or `*.domain`. Returns the address of an exact name (wildcards
@@ -177,10 +240,7 @@ impl NameTable {
             entry.exact = true;
             return Ok(entry.ip);
         }
-        let ip = self.pool.allocate()?;
-        self.by_ip.insert(ip, name.clone());
-        self.entries.insert(name, Entry { ip, exact: true });
-        Ok(ip)
+        Ok(self.allocate(&name, true)?.ip)
     }
 
     /// Removes `name` or `*.domain`; returns whether it was present. Addresses of
@@ -203,10 +263,8 @@ impl NameTable {
         }
         if covered {
             entry.exact = false;
-        } else {
-            let ip = entry.ip;
-            self.entries.remove(name);
-            self.release(ip);
+        } else if let Some(entry) = self.entries.remove(name) {
+            self.release(&entry);
         }
         true
     }
@@ -223,15 +281,19 @@ impl NameTable {
             .collect();
         for name in orphans {
             if let Some(entry) = self.entries.remove(&name) {
-                self.release(entry.ip);
+                self.release(&entry);
             }
         }
         true
     }
 
-    fn release(&mut self, ip: Ipv4Addr) {
-        self.by_ip.remove(&ip);
-        self.pool.release(ip);
+    fn release(&mut self, entry: &Entry) {
+        self.by_ip.remove(&entry.ip);
+        self.pool.release(entry.ip);
+        if let (Some(ip6), Some(pool6)) = (entry.ip6, &mut self.pool6) {
+            self.by_ip6.remove(&ip6);
+            pool6.release(ip6);
+        }
     }
 
     /// Replaces all patterns with `patterns`. Every pattern is validated before
@@ -284,25 +346,44 @@ impl NameTable {
         }
     }
 
+    /// The addresses a normalised name holds, without allocating.
+    pub fn addrs(&self, name: &str) -> Option<PoolAddrs> {
+        self.entries.get(name).map(|e| PoolAddrs {
+            v4: e.ip,
+            v6: e.ip6,
+        })
+    }
+
     /// The address of a normalised name, allocating one if a wildcard covers it.
     /// `Ok(None)` if the name is not intercepted.
     pub fn resolve(&mut self, name: &str) -> Result<Option<Ipv4Addr>, PoolError> {
-        match self.get(name) {
-            NameLookup::Allocated(ip) => Ok(Some(ip)),
-            NameLookup::NotIntercepted => Ok(None),
-            NameLookup::Covered => {
-                let ip = self.pool.allocate()?;
-                self.by_ip.insert(ip, name.to_owned());
-                self.entries
-                    .insert(name.to_owned(), Entry { ip, exact: false });
-                Ok(Some(ip))
-            }
+        Ok(self.resolve_addrs(name)?.map(|a| a.v4))
+    }
+
+    /// Like [`NameTable::resolve`], with the IPv6 address too (when the table has
+    /// an IPv6 pool). Fails if either pool is exhausted.
+    pub fn resolve_addrs(&mut self, name: &str) -> Result<Option<PoolAddrs>, PoolError> {
+        if let Some(addrs) = self.addrs(name) {
+            return Ok(Some(addrs));
         }
+        if self.covering_wildcard(name).is_none() {
+            return Ok(None);
+        }
+        let entry = self.allocate(name, false)?;
+        Ok(Some(PoolAddrs {
+            v4: entry.ip,
+            v6: entry.ip6,
+        }))
     }
 
     /// The name holding `ip`, if any.
     pub fn lookup_ip(&self, ip: Ipv4Addr) -> Option<&str> {
         self.by_ip.get(&ip).map(String::as_str)
+    }
+
+    /// The name holding the IPv6 pool address `ip`, if any.
+    pub fn lookup_ipv6(&self, ip: Ipv6Addr) -> Option<&str> {
+        self.by_ip6.get(&ip).map(String::as_str)
     }
 
     /// The pattern that makes a normalised `name` intercepted: the name itself if
@@ -549,5 +630,89 @@ mod tests {
         t.remove("n2.example").unwrap();
         assert_eq!(t.resolve("a.w.example").unwrap(), Some(freed));
         assert_eq!(t.lookup_ip(freed), Some("a.w.example"));
+    }
+
+    fn dual_table(pool6: &str) -> NameTable {
+        NameTable::with_ipv6_pool("10.10.0.0/24".parse().unwrap(), pool6.parse().unwrap())
+    }
+
+    fn ip6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_addresses_come_and_go_with_ipv4_ones() {
+        let mut t = dual_table("fd00:10::/120");
+        let a4 = t.add("a.example").unwrap().unwrap();
+        let a = t.addrs("a.example").unwrap();
+        assert_eq!(
+            a,
+            PoolAddrs {
+                v4: a4,
+                v6: Some(ip6("fd00:10::2"))
+            }
+        );
+        t.add("*.corp.example").unwrap();
+        assert_eq!(t.addrs("x.corp.example"), None, "wildcards allocate lazily");
+        let x = t.resolve_addrs("x.corp.example").unwrap().unwrap();
+        assert_eq!(x.v6, Some(ip6("fd00:10::3")));
+        assert_eq!(
+            t.resolve_addrs("x.corp.example").unwrap(),
+            Some(x),
+            "stable"
+        );
+        assert_eq!(t.resolve("x.corp.example").unwrap(), Some(x.v4));
+        assert_eq!(t.resolve_addrs("other.example").unwrap(), None);
+        assert_eq!(t.lookup_ipv6(ip6("fd00:10::3")), Some("x.corp.example"));
+        assert_eq!(t.lookup_ip(x.v4), Some("x.corp.example"));
+        assert_eq!(t.ipv6_pool().map(Ipv6Pool::in_use), Some(2));
+        // Moving between exact and wildcard keeps both addresses.
+        assert_eq!(t.add("x.corp.example").unwrap(), Some(x.v4));
+        t.remove("*.corp.example").unwrap();
+        assert_eq!(t.addrs("x.corp.example"), Some(x));
+        // Removal gives both back.
+        t.set(["a.example"]).unwrap();
+        assert_eq!(t.lookup_ipv6(ip6("fd00:10::3")), None);
+        assert_eq!(t.lookup_ip(x.v4), None);
+        assert_eq!(t.ipv6_pool().map(Ipv6Pool::in_use), Some(1));
+        assert_eq!(t.pool().in_use(), 1);
+        t.remove("a.example").unwrap();
+        assert_eq!(t.lookup_ipv6(ip6("fd00:10::2")), None);
+        assert_eq!(t.ipv6_pool().map(Ipv6Pool::in_use), Some(0));
+    }
+
+    #[test]
+    fn ipv6_exhaustion_takes_no_ipv4_address() {
+        let mut t = dual_table("fd00:10::/126"); // two IPv6 names, 253 IPv4 ones
+        t.set(["a.example", "b.example", "*.w.example"]).unwrap();
+        let err = t.add("c.example").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TableError::Pool(PoolError::Ipv6Exhausted { capacity: 2, .. })
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("fd00:10::/126"), "{err}");
+        assert!(t.resolve_addrs("x.w.example").is_err());
+        assert_eq!(t.get("x.w.example"), NameLookup::Covered);
+        assert_eq!(t.pool().in_use(), 2, "no IPv4 address leaked");
+        assert_eq!(t.allocated(), 2);
+        // Released addresses are reused; a fresh IPv4 address pairs with the old IPv6 one.
+        let b = t.addrs("b.example").unwrap();
+        t.remove("b.example").unwrap();
+        let x = t.resolve_addrs("x.w.example").unwrap().unwrap();
+        assert_eq!(x.v6, b.v6);
+        assert_ne!(x.v4, b.v4, "fresh IPv4 addresses before released ones");
+        assert_eq!(t.lookup_ipv6(ip6("fd00:10::3")), Some("x.w.example"));
+    }
+
+    #[test]
+    fn without_ipv6_pool_names_hold_no_ipv6_address() {
+        let mut t = table();
+        let a = t.add("a.example").unwrap().unwrap();
+        assert_eq!(t.addrs("a.example"), Some(PoolAddrs { v4: a, v6: None }));
+        assert!(t.ipv6_pool().is_none());
+        assert_eq!(t.lookup_ipv6(ip6("::2")), None);
     }
 }

@@ -183,6 +183,18 @@ impl IpPool {
         u32::try_from(handed_out.saturating_sub(free)).unwrap_or(u32::MAX)
     }
 
+    /// Whether [`IpPool::allocate`] would succeed; the error it would return if not.
+    pub(crate) fn check_room(&self) -> Result<(), PoolError> {
+        if self.next <= u64::from(self.last) || !self.free.is_empty() {
+            Ok(())
+        } else {
+            Err(PoolError::Exhausted {
+                pool: self.cidr,
+                capacity: self.capacity(),
+            })
+        }
+    }
+
     /// Takes an address: a never-used one while any is left, else the oldest released one.
     pub fn allocate(&mut self) -> Result<Ipv4Addr, PoolError> {
         if self.next <= u64::from(self.last) {

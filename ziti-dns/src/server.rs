@@ -100,7 +100,7 @@ pub struct DnsServer {
 impl DnsServer {
     /// Validates `config`, binds UDP and TCP on `config.listen` (the same port
     /// for both) and prepares the upstreams. Answers come from `table`, which
-    /// should be built on `config.pool`.
+    /// should be built on the config's pools ([`DnsTable::from_config`]).
     pub async fn bind(config: &DnsConfig, table: DnsTable) -> Result<Self, ServerError> {
         config.validate()?;
         let (udp, tcp) = bind_pair(config.listen).await?;
@@ -126,7 +126,7 @@ impl DnsServer {
             ),
             false => None,
         };
-        info!(%local_addr, ?upstreams, pool = %config.pool, "DNS server bound");
+        info!(%local_addr, ?upstreams, pool = %config.pool, ipv6_pool = ?config.ipv6_pool, "DNS server bound");
         let policy = AnswerPolicy {
             ttl: config.ttl,
             forwarding,
