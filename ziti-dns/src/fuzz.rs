@@ -5,14 +5,15 @@
 //! invariants; a violated invariant is returned as an error for the caller
 //! to turn into a crash.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::OnceLock;
 
 use hickory_proto::op::{Message, Query};
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::rr::{Name, RData, RecordType};
 
 use crate::answer::{AnswerPolicy, DnsCore, Outcome};
 use crate::pool::Ipv4Cidr;
+use crate::pool6::Ipv6Cidr;
 use crate::table::DnsTable;
 use crate::upstream::{AnswerMatch, PendingTable, answer_matches};
 use crate::wire::{self, Question, RawHeader};
@@ -26,23 +27,47 @@ fn check(ok: bool, what: &'static str) -> Result<(), Violation> {
     if ok { Ok(()) } else { Err(Violation(what)) }
 }
 
-fn core() -> &'static DnsCore {
-    static CORE: OnceLock<DnsCore> = OnceLock::new();
-    CORE.get_or_init(|| {
-        // A small pool so exhaustion (SERVFAIL) is reached too.
-        let pool = Ipv4Cidr::new(Ipv4Addr::new(100, 64, 0, 0), 22).unwrap_or_default();
-        let table = DnsTable::new(pool);
-        // Constant, valid names: cannot fail.
-        let _ = table.set_names(["app.example", "*.corp.example", "a"]);
-        DnsCore::new(table, AnswerPolicy::default())
-    })
+/// The IPv4 pool of both fuzzed tables: small, so exhaustion (SERVFAIL) is reached too.
+fn pool4() -> Ipv4Cidr {
+    Ipv4Cidr::new(Ipv4Addr::new(100, 64, 0, 0), 22).unwrap_or_default()
 }
 
-/// Query handling through the core: replies must decode and carry the query's id,
-/// only headerless input or responses may be dropped, forwards keep the query.
+/// The IPv6 pool of the dual-stack table: smaller than the IPv4 one, so that
+/// its own exhaustion is reached as well.
+fn pool6() -> Ipv6Cidr {
+    Ipv6Cidr::new(Ipv6Addr::new(0xfd7a, 0x7a7a, 0x7a7a, 0, 0, 0, 0, 0), 120).unwrap_or_default()
+}
+
+fn core_with(table: DnsTable) -> DnsCore {
+    // Constant, valid names: cannot fail.
+    let _ = table.set_names(["app.example", "*.corp.example", "a"]);
+    DnsCore::new(table, AnswerPolicy::default())
+}
+
+/// The cores every input runs through: IPv4 only, and with an IPv6 pool.
+fn cores() -> [&'static DnsCore; 2] {
+    static V4: OnceLock<DnsCore> = OnceLock::new();
+    static DUAL: OnceLock<DnsCore> = OnceLock::new();
+    [
+        V4.get_or_init(|| core_with(DnsTable::new(pool4()))),
+        DUAL.get_or_init(|| core_with(DnsTable::with_ipv6_pool(pool4(), pool6()))),
+    ]
+}
+
+/// Query handling through the cores: replies must decode and carry the query's id,
+/// an answer record must be the queried A or AAAA, from the table's pool and
+/// held by a name; only headerless input or responses may be dropped, forwards
+/// keep the query.
 pub fn query(data: &[u8]) -> Result<(), Violation> {
+    for core in cores() {
+        query_core(core, data)?;
+    }
+    Ok(())
+}
+
+fn query_core(core: &DnsCore, data: &[u8]) -> Result<(), Violation> {
     let header = RawHeader::read(data);
-    match core().handle(data) {
+    match core.handle(data) {
         Outcome::Drop => check(
             header.is_none_or(|h| h.is_response()),
             "dropped a readable query",
@@ -55,7 +80,29 @@ pub fn query(data: &[u8]) -> Result<(), Violation> {
             check(
                 m.queries.len() <= 1 && m.answers.len() <= 1,
                 "unexpected record counts",
-            )
+            )?;
+            match (m.answers.first(), m.queries.first()) {
+                (None, _) => Ok(()),
+                (Some(_), None) => Err(Violation("answer without a question")),
+                (Some(record), Some(q)) => {
+                    check(
+                        record.record_type() == q.query_type,
+                        "answer type differs from the question",
+                    )?;
+                    let table = core.table();
+                    let ip = match &record.data {
+                        RData::A(a) if table.pool().contains(a.0) => IpAddr::V4(a.0),
+                        RData::AAAA(a) if table.ipv6_pool().is_some_and(|p| p.contains(a.0)) => {
+                            IpAddr::V6(a.0)
+                        }
+                        _ => return Err(Violation("answer is no address of the table's pools")),
+                    };
+                    check(
+                        table.lookup_ip(ip).is_some(),
+                        "answered address held by no name",
+                    )
+                }
+            }
         }
         Outcome::Forward(req) => {
             let h = header.ok_or(Violation("forwarded without a header"))?;
@@ -151,6 +198,8 @@ mod tests {
             vec![0, 1, 1, 0, 0, 1, 0xff, 0xff, 0, 0, 0, 1, 0],
             msg("app.example.", RecordType::A, false),
             msg("x.corp.example.", RecordType::AAAA, false),
+            msg("app.example.", RecordType::AAAA, false),
+            msg("y.corp.example.", RecordType::A, false),
             msg("www.example.com.", RecordType::A, false),
             msg("www.example.com.", RecordType::A, true),
             msg("WWW.EXAMPLE.COM.", RecordType::A, true),
@@ -166,6 +215,20 @@ mod tests {
             assert_eq!(query(&input), Ok(()), "query {input:?}");
             assert_eq!(upstream_answer(&input), Ok(()), "upstream {input:?}");
         }
+    }
+
+    #[test]
+    fn dual_stack_core_answers_aaaa() {
+        // Sanity: the query entry point does reach the AAAA answer path.
+        let q = msg("app.example.", RecordType::AAAA, false);
+        let answers = |core: &DnsCore| match core.handle(&q) {
+            Outcome::Reply(r) => Message::from_vec(&r).unwrap().answers.len(),
+            other => panic!("{other:?}"),
+        };
+        let [v4, dual] = cores();
+        assert_eq!(answers(v4), 0);
+        assert_eq!(answers(dual), 1);
+        assert_eq!(query(&q), Ok(()));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -80,6 +80,50 @@ async fn intercepted_names_over_udp_and_tcp() {
     .await
     .unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn aaaa_from_the_ipv6_pool_over_udp_and_tcp() {
+    let cfg = DnsConfig {
+        ipv6_pool: Some("fd00:53::/64".parse().unwrap()),
+        ..config(vec![])
+    };
+    let table = DnsTable::from_config(&cfg);
+    table.set_names(["app.example", "*.corp.example"]).unwrap();
+    let srv = DnsServer::bind(&cfg, table.clone()).await.unwrap().spawn();
+    let addr = srv.local_addr();
+    let app6 = table.resolve_name_v6("app.example").unwrap();
+    let pool6: ziti_dns::Ipv6Cidr = "fd00:53::/64".parse().unwrap();
+    assert!(pool6.contains(app6));
+    let q = query_bytes("App.Example.", RecordType::AAAA, 21, None);
+    let m = udp_query(addr, &q).await.unwrap();
+    assert_eq!((m.metadata.id, aaaa_records(&m)), (21, vec![app6]));
+    let m = tcp_query(addr, &q).await.unwrap();
+    assert_eq!(aaaa_records(&m), vec![app6]);
+    // A wildcard-covered name: AAAA first, then A, both held by the same name.
+    let q = query_bytes("db.corp.example.", RecordType::AAAA, 22, Some(1232));
+    let m = udp_query(addr, &q).await.unwrap();
+    let w6 = aaaa_records(&m);
+    assert_eq!(w6.len(), 1, "{m:?}");
+    assert!(pool6.contains(w6[0]) && w6[0] != app6);
+    let again = udp_query(addr, &q).await.unwrap();
+    assert_eq!(aaaa_records(&again), w6, "stable");
+    let m = udp_query(
+        addr,
+        &query_bytes("db.corp.example.", RecordType::A, 23, None),
+    )
+    .await
+    .unwrap();
+    let w4 = a_records(&m);
+    assert_eq!(w4.len(), 1);
+    for ip in [IpAddr::V6(w6[0]), IpAddr::V4(w4[0])] {
+        assert_eq!(
+            table.lookup_ip(ip).as_deref(),
+            Some("db.corp.example"),
+            "{ip}"
+        );
+    }
     srv.shutdown().await;
 }
 

@@ -1,7 +1,7 @@
 //! Test helpers: a dnsmasq child process on loopback and small DNS client calls.
 #![allow(dead_code)]
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -161,6 +161,17 @@ pub fn a_records(m: &Message) -> Vec<Ipv4Addr> {
         .iter()
         .filter_map(|r| match &r.data {
             RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The AAAA addresses of a reply.
+pub fn aaaa_records(m: &Message) -> Vec<Ipv6Addr> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::AAAA(a) => Some(a.0),
             _ => None,
         })
         .collect()
