@@ -80,6 +80,13 @@ impl Pair {
             self.stack.receive_packet(&p, now, |_, _| true);
         }
         self.stack.poll(now);
+        // The tunnel's dial succeeds at once.
+        while let Some(f) = self.stack.poll_new_flow() {
+            self.stack.accept_flow(f.id);
+            self.flow = Some(f.id);
+        }
+        self.stack.poll(now);
+        while self.stack.poll_ready().is_some() {}
         while let Some(p) = self.stack.pop_transmit() {
             self.dev.rx.push_back(p);
         }
@@ -127,7 +134,6 @@ impl Pair {
         for _ in 0..10 {
             pair.pump();
         }
-        pair.flow = pair.stack.poll_new_flow().map(|f| f.id);
         pair
     }
 }
@@ -205,5 +211,197 @@ fn syn_to_flow(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, up, syn_to_flow);
+// ------------------------------------------------------------------------------------------
+// The engine at scale (issue 9 point 1): idle flows must not make a wake-up or a byte dearer.
+// A virtual clock (1 us per step) keeps every idle flow's timers (keep-alive at 60 s) far away,
+// so what is measured is the cost of the flows merely being open.
+
+/// A client interface (the kernel's stand-in) on the virtual clock.
+struct Kernel {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    dev: Queue,
+}
+
+impl Kernel {
+    fn new() -> Kernel {
+        let mut dev = Queue::default();
+        let mut cfg = Config::new(HardwareAddress::Ip);
+        cfg.random_seed = 5;
+        let mut iface = Interface::new(cfg, &mut dev, smoltcp::time::Instant::from_micros(0));
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(IpAddress::v4(100, 64, 0, 1), 10));
+        });
+        let _ = iface
+            .routes_mut()
+            .add_default_ipv4_route(Ipv4Addr::new(100, 64, 0, 1));
+        Kernel {
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            dev,
+        }
+    }
+
+    fn connect(&mut self, port: u16, buffer: usize) -> SocketHandle {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; buffer]),
+            tcp::SocketBuffer::new(vec![0; buffer]),
+        );
+        s.set_ack_delay(None);
+        s.set_nagle_enabled(false);
+        s.connect(
+            self.iface.context(),
+            (IpAddress::v4(100, 64, 0, 9), 80),
+            port,
+        )
+        .expect("connect");
+        self.sockets.add(s)
+    }
+}
+
+/// A tunnel stack with `idle` established, silent flows, plus a virtual clock.
+struct Engine {
+    stack: NetStack,
+    epoch: Instant,
+    micros: u64,
+    next_port: u16,
+}
+
+impl Engine {
+    fn now(&self) -> Instant {
+        self.epoch + std::time::Duration::from_micros(self.micros)
+    }
+
+    /// Moves packets between `k` and the stack until quiet; packets for other ports (the idle
+    /// flows' kernel is gone) are dropped, as a kernel with no such socket would reset them
+    /// otherwise.
+    fn pump(&mut self, k: &mut Kernel, only_port: Option<u16>) -> Option<FlowId> {
+        let mut opened = None;
+        for _ in 0..64 {
+            self.micros += 1;
+            let now = self.now();
+            let t = smoltcp::time::Instant::from_micros(self.micros as i64);
+            k.iface.poll(t, &mut k.dev, &mut k.sockets);
+            let mut moved = false;
+            while let Some(p) = k.dev.tx.pop_front() {
+                self.stack.receive_packet(&p, now, |_, _| true);
+                moved = true;
+            }
+            self.stack.poll(now);
+            while let Some(f) = self.stack.poll_new_flow() {
+                self.stack.accept_flow(f.id);
+                opened = Some(f.id);
+            }
+            self.stack.poll(now);
+            while self.stack.poll_ready().is_some() {}
+            while let Some(p) = self.stack.pop_transmit() {
+                if only_port.is_none_or(|port| dst_port(&p) == Some(port)) {
+                    k.dev.rx.push_back(p);
+                    moved = true;
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        opened
+    }
+
+    fn with_idle(idle: usize) -> Engine {
+        let epoch = Instant::now();
+        let stack = NetStack::new(
+            StackConfig {
+                mtu: MTU,
+                max_flows: idle + 16,
+                max_rx_queue: 4096,
+                max_tx_queue: 4096,
+                ..StackConfig::default()
+            },
+            epoch,
+            11,
+        );
+        let mut e = Engine {
+            stack,
+            epoch,
+            micros: 0,
+            next_port: 1024,
+        };
+        // Open them 500 at a time, each batch with a kernel that is then dropped.
+        let mut left = idle;
+        while left > 0 {
+            let batch = left.min(500);
+            let mut k = Kernel::new();
+            for _ in 0..batch {
+                k.connect(e.next_port, 2048);
+                e.next_port += 1;
+            }
+            e.pump(&mut k, None);
+            left -= batch;
+        }
+        assert_eq!(e.stack.flow_count(), idle, "idle flows open");
+        e
+    }
+
+    /// One new connection moving `TRANSFER` bytes client -> tunnel, then closed.
+    fn one_stream(&mut self, data: &[u8], buf: &mut [u8]) -> usize {
+        let mut k = Kernel::new();
+        let port = self.next_port;
+        self.next_port = self.next_port.wrapping_add(1).max(1024);
+        let h = k.connect(port, 256 * 1024);
+        let flow = self.pump(&mut k, Some(port)).expect("connected");
+        let (mut sent, mut got) = (0, 0);
+        while got < TRANSFER {
+            let s = k.sockets.get_mut::<tcp::Socket>(h);
+            if sent < TRANSFER && s.can_send() {
+                sent += s
+                    .send_slice(&data[..(TRANSFER - sent).min(data.len())])
+                    .unwrap_or(0);
+            }
+            self.pump(&mut k, Some(port));
+            while let Ok(n) = self.stack.recv(flow, buf) {
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+        }
+        self.stack.abort(flow);
+        self.pump(&mut k, Some(port));
+        self.stack.remove(flow);
+        got
+    }
+}
+
+fn dst_port(packet: &[u8]) -> Option<u16> {
+    let ip = smoltcp::wire::Ipv4Packet::new_checked(packet).ok()?;
+    let tcp = smoltcp::wire::TcpPacket::new_checked(ip.payload()).ok()?;
+    Some(tcp.dst_port())
+}
+
+fn engine(c: &mut Criterion) {
+    let data = vec![0x5au8; 64 * 1024];
+    let mut buf = vec![0u8; 64 * 1024];
+    for idle in [0usize, 1_000, 10_000] {
+        let mut e = Engine::with_idle(idle);
+        let mut g = c.benchmark_group("tun_engine");
+        g.sample_size(20);
+        g.bench_function(format!("idle_wakeup/{idle}_idle_flows"), |b| {
+            b.iter(|| {
+                e.micros += 1;
+                let now = e.now();
+                let changed = e.stack.poll(now);
+                while e.stack.poll_ready().is_some() {}
+                black_box((changed, e.stack.poll_delay(now)))
+            })
+        });
+        g.throughput(Throughput::Bytes(TRANSFER as u64));
+        g.bench_function(format!("one_stream_4MiB/{idle}_idle_flows"), |b| {
+            b.iter(|| black_box(e.one_stream(&data, &mut buf)))
+        });
+        g.finish();
+        assert_eq!(e.stack.flow_count(), idle, "the idle flows stayed open");
+    }
+}
+
+criterion_group!(benches, up, syn_to_flow, engine);
 criterion_main!(benches);

@@ -48,6 +48,18 @@ pub fn packets(data: &[u8]) -> Result<usize, Violation> {
             if stack.endpoints(flow.id).is_none() {
                 return Err(Violation("a new flow has no endpoints"));
             }
+            // The dial's outcome: most succeed, some are refused.
+            if flags & 0x40 == 0 || opened % 3 != 0 {
+                stack.accept_flow(flow.id);
+            } else {
+                stack.refuse_flow(flow.id);
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        while let Some(id) = stack.poll_ready() {
+            if stack.endpoints(id).is_some() && !seen.insert(id) {
+                return Err(Violation("a ready flow was reported twice"));
+            }
         }
         for id in stack.flow_ids() {
             match flags >> 5 {

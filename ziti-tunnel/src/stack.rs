@@ -8,13 +8,27 @@
 //! [`recv`]: crate::stack::NetStack::recv
 //! [`send`]: crate::stack::NetStack::send
 //!
-//! smoltcp cannot listen on every address and port, so each TCP SYN that the caller's classifier
-//! accepts gets its own socket, listening on exactly the SYN's destination (smoltcp runs in
-//! "any IP" mode). SYNs it refuses, and segments of unknown flows, are answered with RST by
-//! smoltcp itself, so a client fails fast. Everything is bounded: the number of flows, each
-//! flow's buffers, and the queues of packets in and out.
+//! **Work proportional to what happened, not to what is open.** Each flow has its own smoltcp
+//! socket set holding its one socket. A packet is demultiplexed by its 4-tuple to its flow
+//! (one hash lookup) before smoltcp sees it, and [`NetStack::poll`] runs smoltcp only for the
+//! flows that received packets, were written to or read from, or whose timer is due (a timer
+//! set ordered by deadline). Flows whose state may have changed are reported once each through
+//! [`NetStack::poll_ready`], so the caller services those and no others.
+//!
+//! **A SYN is held until the caller knows the service answers.** A SYN the classifier accepts
+//! opens a flow (reported by [`NetStack::poll_new_flow`]) but nothing is answered: the caller
+//! dials, then [`NetStack::accept_flow`] lets the handshake complete (SYN-ACK), or
+//! [`NetStack::refuse_flow`] answers the SYN with RST, so the application's `connect()` fails
+//! with "connection refused" instead of a connection that is reset after it was accepted.
+//! Retransmitted SYNs of a held flow are absorbed.
+//!
+//! smoltcp runs in "any IP" mode, so each socket listens on exactly its SYN's destination.
+//! SYNs the classifier refuses, and segments of unknown flows, go to smoltcp with no socket,
+//! which answers RST (TCP) or ICMP unreachable (UDP), so a client fails fast. Everything is
+//! bounded: the number of flows, each flow's buffers and held packets, and the queues of
+//! packets in and out.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -24,7 +38,7 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{
     HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, IpProtocol, Ipv4Packet, Ipv4Repr,
-    TcpPacket, UdpPacket, UdpRepr,
+    Ipv6Packet, TcpPacket, UdpPacket, UdpRepr,
 };
 use ziti_sdk::services::Protocol;
 
@@ -111,22 +125,56 @@ pub enum FlowError {
     NotOpen,
 }
 
-struct FlowEntry {
+/// Packets a held flow keeps at most (retransmitted SYNs replace each other, so this only
+/// bounds a client that sends more before the handshake).
+const HELD_PACKETS: usize = 4;
+/// Packets waiting for one flow's next poll at most; more are dropped (TCP retransmits).
+const FLOW_INBOX: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// SYN received; waiting for [`NetStack::accept_flow`] or [`NetStack::refuse_flow`].
+    Held,
+    /// Handed to smoltcp.
+    Open,
+}
+
+struct Flow {
+    /// This flow's own socket set: one TCP socket.
+    sockets: SocketSet<'static>,
     handle: SocketHandle,
     src: SocketAddr,
     dst: SocketAddr,
     created: Instant,
+    phase: Phase,
+    /// Packets for this flow, waiting for its next poll.
+    inbox: VecDeque<Vec<u8>>,
+    /// Its entry in [`NetStack::timers`].
+    timer: Option<Instant>,
+    /// In [`NetStack::dirty`].
+    dirty: bool,
+    /// In [`NetStack::ready`].
+    ready: bool,
 }
 
-/// The smoltcp interface, its sockets and the packet queues.
+/// The smoltcp interface, the flows and the packet queues.
 pub struct NetStack {
     config: StackConfig,
     epoch: Instant,
     iface: Interface,
-    sockets: SocketSet<'static>,
     device: QueueDevice,
-    flows: HashMap<FlowId, FlowEntry>,
+    /// An empty socket set: polling smoltcp with it answers strays with RST / ICMP.
+    no_sockets: SocketSet<'static>,
+    /// Packets for no flow.
+    strays: VecDeque<Vec<u8>>,
+    flows: HashMap<FlowId, Flow>,
     by_tuple: HashMap<(SocketAddr, SocketAddr), FlowId>,
+    /// Flows to run through smoltcp at the next poll.
+    dirty: Vec<FlowId>,
+    /// (deadline, flow): smoltcp timers and handshake expiry, earliest first.
+    timers: BTreeSet<(Instant, FlowId)>,
+    /// Flows whose state may have changed since the caller last looked.
+    ready: VecDeque<FlowId>,
     next_id: u64,
     new_flows: VecDeque<NewFlow>,
     datagrams: VecDeque<Datagram>,
@@ -136,8 +184,8 @@ impl std::fmt::Debug for NetStack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NetStack")
             .field("flows", &self.flows.len())
-            .field("rx_queue", &self.device.rx.len())
             .field("tx_queue", &self.device.tx.len())
+            .field("timers", &self.timers.len())
             .finish_non_exhaustive()
     }
 }
@@ -167,10 +215,14 @@ impl NetStack {
             config,
             epoch: now,
             iface,
-            sockets: SocketSet::new(Vec::new()),
             device,
+            no_sockets: SocketSet::new(Vec::new()),
+            strays: VecDeque::new(),
             flows: HashMap::new(),
             by_tuple: HashMap::new(),
+            dirty: Vec::new(),
+            timers: BTreeSet::new(),
+            ready: VecDeque::new(),
             next_id: 1,
             new_flows: VecDeque::new(),
             datagrams: VecDeque::new(),
@@ -178,7 +230,7 @@ impl NetStack {
     }
 
     /// Feeds one IP packet read from the TUN. A TCP SYN to a destination for which `accept`
-    /// returns `true` opens a new flow (reported by [`NetStack::poll_new_flow`]). Malformed
+    /// returns `true` opens a held flow (reported by [`NetStack::poll_new_flow`]). Malformed
     /// packets are dropped.
     pub fn receive_packet(
         &mut self,
@@ -186,7 +238,7 @@ impl NetStack {
         now: Instant,
         mut accept: impl FnMut(Protocol, SocketAddr) -> bool,
     ) {
-        if packet.len() > self.config.mtu || self.device.rx.len() >= self.config.max_rx_queue {
+        if packet.len() > self.config.mtu {
             return;
         }
         // Intercepted UDP bypasses smoltcp: the caller relays each datagram. Other UDP goes to
@@ -199,19 +251,61 @@ impl NetStack {
             }
             return;
         }
-        if let Some((src, dst)) = tcp_syn(packet)
-            && !self.by_tuple.contains_key(&(src, dst))
-            && self.flows.len() < self.config.max_flows
-            && accept(Protocol::Tcp, dst)
-        {
-            self.open_flow(src, dst, now);
+        let Some(seg) = tcp_segment(packet) else {
+            self.stray(packet);
+            return;
+        };
+        let tuple = (seg.src, seg.dst);
+        let id = match self.by_tuple.get(&tuple) {
+            Some(id) => *id,
+            None => {
+                let opened = seg.is_syn()
+                    && self.flows.len() < self.config.max_flows
+                    && accept(Protocol::Tcp, seg.dst)
+                    && self.open_flow(seg.src, seg.dst, now);
+                if !opened {
+                    self.stray(packet);
+                    return;
+                }
+                match self.by_tuple.get(&tuple) {
+                    Some(id) => *id,
+                    None => return,
+                }
+            }
+        };
+        let Some(flow) = self.flows.get_mut(&id) else {
+            return;
+        };
+        match flow.phase {
+            Phase::Held => {
+                if seg.is_syn() {
+                    // A retransmitted SYN: keep the newest only.
+                    flow.inbox
+                        .retain(|p| tcp_segment(p).is_none_or(|s| !s.is_syn()));
+                }
+                if flow.inbox.len() < HELD_PACKETS {
+                    flow.inbox.push_back(packet.to_vec());
+                }
+            }
+            Phase::Open => {
+                if flow.inbox.len() < FLOW_INBOX {
+                    flow.inbox.push_back(packet.to_vec());
+                    mark(&mut self.dirty, id, flow);
+                }
+            }
         }
-        self.device.rx.push_back(packet.to_vec());
     }
 
-    fn open_flow(&mut self, src: SocketAddr, dst: SocketAddr, now: Instant) {
-        let IpAddr::V4(dst_ip) = dst.ip() else {
-            return;
+    fn stray(&mut self, packet: &[u8]) {
+        if self.strays.len() < self.config.max_rx_queue {
+            self.strays.push_back(packet.to_vec());
+        }
+    }
+
+    fn open_flow(&mut self, src: SocketAddr, dst: SocketAddr, now: Instant) -> bool {
+        let addr = match dst.ip() {
+            IpAddr::V4(v4) => IpAddress::Ipv4(v4),
+            IpAddr::V6(v6) => IpAddress::Ipv6(v6),
         };
         let buf = self.config.tcp_buffer;
         let mut socket = tcp::Socket::new(
@@ -226,31 +320,89 @@ impl NetStack {
             u64::try_from(self.config.idle_timeout.as_micros()).unwrap_or(u64::MAX),
         )));
         let endpoint = IpListenEndpoint {
-            addr: Some(IpAddress::Ipv4(dst_ip)),
+            addr: Some(addr),
             port: dst.port(),
         };
         if socket.listen(endpoint).is_err() {
-            return;
+            return false;
         }
-        let handle = self.sockets.add(socket);
+        let mut sockets = SocketSet::new(Vec::with_capacity(1));
+        let handle = sockets.add(socket);
         let id = FlowId(self.next_id);
         self.next_id += 1;
+        let expires = now + self.config.handshake_timeout;
         self.flows.insert(
             id,
-            FlowEntry {
+            Flow {
+                sockets,
                 handle,
                 src,
                 dst,
                 created: now,
+                phase: Phase::Held,
+                inbox: VecDeque::new(),
+                timer: Some(expires),
+                dirty: false,
+                ready: false,
             },
         );
+        self.timers.insert((expires, id));
         self.by_tuple.insert((src, dst), id);
         self.new_flows.push_back(NewFlow { id, src, dst });
+        true
     }
 
-    /// The next flow opened since the last call.
+    /// The next flow opened since the last call. Its SYN is held: answer it with
+    /// [`NetStack::accept_flow`] or [`NetStack::refuse_flow`].
     pub fn poll_new_flow(&mut self) -> Option<NewFlow> {
         self.new_flows.pop_front()
+    }
+
+    /// Completes a held flow's handshake (SYN-ACK at the next [`NetStack::poll`]). `false`
+    /// if the flow is gone (its handshake expired while the caller dialed).
+    pub fn accept_flow(&mut self, id: FlowId) -> bool {
+        let Some(flow) = self.flows.get_mut(&id) else {
+            return false;
+        };
+        if flow.phase == Phase::Held {
+            flow.phase = Phase::Open;
+            mark(&mut self.dirty, id, flow);
+        }
+        true
+    }
+
+    /// Refuses a held flow: its SYN is answered with RST and the flow is forgotten. An
+    /// accepted flow is aborted instead.
+    pub fn refuse_flow(&mut self, id: FlowId) {
+        let held = self.flows.get(&id).map(|f| f.phase) == Some(Phase::Held);
+        if !held {
+            self.abort(id);
+            return;
+        }
+        if let Some(flow) = self.remove_entry(id) {
+            // With no socket listening, smoltcp answers each held SYN with RST.
+            for p in flow.inbox {
+                if self.strays.len() < self.config.max_rx_queue {
+                    self.strays.push_back(p);
+                }
+            }
+        }
+    }
+
+    /// The next flow whose state may have changed (data to read, room to write, closed, or
+    /// gone because its held SYN expired): each such flow once, however many times it
+    /// changed. An id may name a flow that is gone by now; the caller then drops its side.
+    pub fn poll_ready(&mut self) -> Option<FlowId> {
+        let id = self.ready.pop_front()?;
+        if let Some(flow) = self.flows.get_mut(&id) {
+            flow.ready = false;
+        }
+        Some(id)
+    }
+
+    /// `true` when [`NetStack::poll_ready`] has something.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
     }
 
     /// The next intercepted UDP datagram.
@@ -297,66 +449,103 @@ impl NetStack {
         true
     }
 
-    /// Runs the stack: processes queued packets, timers and socket output. Returns `true` when
-    /// some socket may have changed state.
+    /// Runs smoltcp for the flows that need it: those that received packets or were used
+    /// since the last poll, and those whose timer is due; answers stray packets. Returns
+    /// `true` when some flow became ready ([`NetStack::poll_ready`]).
     pub fn poll(&mut self, now: Instant) -> bool {
-        // Expire first, so that the resets go out in this very poll.
-        self.expire_handshakes(now);
         let t = smol_now(self.epoch, now);
-        matches!(
-            self.iface.poll(t, &mut self.device, &mut self.sockets),
-            smoltcp::iface::PollResult::SocketStateChanged
-        )
-    }
-
-    fn expire_handshakes(&mut self, now: Instant) {
-        let limit = self.config.handshake_timeout;
-        let stale: Vec<FlowId> = self
-            .flows
-            .iter()
-            .filter(|(_, f)| {
-                now.saturating_duration_since(f.created) > limit
-                    && matches!(
-                        self.sockets.get::<tcp::Socket>(f.handle).state(),
-                        tcp::State::Listen | tcp::State::SynReceived
-                    )
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in stale {
-            if let Some(f) = self.flows.get(&id) {
-                self.sockets.get_mut::<tcp::Socket>(f.handle).abort();
+        let ready_before = self.ready.len();
+        while !self.strays.is_empty() && self.device.tx.len() < self.config.max_tx_queue {
+            let take = self.strays.len().min(64);
+            self.device.rx.extend(self.strays.drain(..take));
+            self.iface.poll(t, &mut self.device, &mut self.no_sockets);
+            // Whatever smoltcp could not take (transmit queue full) waits for the next poll.
+            while let Some(p) = self.device.rx.pop_back() {
+                self.strays.push_front(p);
             }
         }
+        while let Some(&(at, id)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, id));
+            if let Some(flow) = self.flows.get_mut(&id) {
+                flow.timer = None;
+                mark(&mut self.dirty, id, flow);
+            }
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        for id in dirty {
+            self.poll_flow(id, now, t);
+        }
+        self.ready.len() > ready_before
+    }
+
+    fn poll_flow(&mut self, id: FlowId, now: Instant, t: smoltcp::time::Instant) {
+        let Some(flow) = self.flows.get_mut(&id) else {
+            return;
+        };
+        flow.dirty = false;
+        if flow.phase == Phase::Held {
+            // Only the handshake timer runs for a held flow.
+            if now.saturating_duration_since(flow.created) >= self.config.handshake_timeout {
+                tracing::debug!(src = %flow.src, dst = %flow.dst, "held SYN expired");
+                self.refuse_flow(id);
+                push_ready(&mut self.ready, &mut self.flows, id);
+            } else {
+                let at = flow.created + self.config.handshake_timeout;
+                set_timer(&mut self.timers, id, flow, Some(at));
+            }
+            return;
+        }
+        let handshaking = matches!(
+            flow.sockets.get::<tcp::Socket>(flow.handle).state(),
+            tcp::State::Listen | tcp::State::SynReceived
+        );
+        if handshaking
+            && now.saturating_duration_since(flow.created) > self.config.handshake_timeout
+        {
+            flow.sockets.get_mut::<tcp::Socket>(flow.handle).abort();
+        }
+        if self.device.tx.len() >= self.config.max_tx_queue {
+            // No room to answer: try again at the next poll.
+            mark(&mut self.dirty, id, flow);
+            return;
+        }
+        self.device.rx.extend(flow.inbox.drain(..));
+        self.iface.poll(t, &mut self.device, &mut flow.sockets);
+        // Packets smoltcp did not take (the transmit queue filled up) stay this flow's.
+        while let Some(p) = self.device.rx.pop_back() {
+            flow.inbox.push_front(p);
+        }
+        if !flow.inbox.is_empty() {
+            mark(&mut self.dirty, id, flow);
+        }
+        let socket_timer = self
+            .iface
+            .poll_at(t, &flow.sockets)
+            .map(|at| self.epoch + Duration::from_micros(at.total_micros().max(0) as u64));
+        let socket = flow.sockets.get::<tcp::Socket>(flow.handle);
+        let handshake_timer =
+            matches!(socket.state(), tcp::State::Listen | tcp::State::SynReceived)
+                .then(|| flow.created + self.config.handshake_timeout + Duration::from_millis(1));
+        let next = match (socket_timer, handshake_timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        set_timer(&mut self.timers, id, flow, next);
+        push_ready(&mut self.ready, &mut self.flows, id);
     }
 
     /// How long the caller may wait before the next [`NetStack::poll`] if nothing arrives;
-    /// `None`: no timer is pending.
+    /// `None`: no timer is pending. Zero when some flow or stray packet waits for a poll.
     pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
-        let t = smol_now(self.epoch, now);
-        let timers = self
-            .iface
-            .poll_delay(t, &self.sockets)
-            .map(|d| Duration::from_micros(d.total_micros()));
-        // Flows waiting for their handshake expire on our own clock.
-        let handshake = self
-            .flows
-            .values()
-            .filter(|f| {
-                matches!(
-                    self.sockets.get::<tcp::Socket>(f.handle).state(),
-                    tcp::State::Listen | tcp::State::SynReceived
-                )
-            })
-            .map(|f| {
-                (f.created + self.config.handshake_timeout).saturating_duration_since(now)
-                    + Duration::from_millis(1)
-            })
-            .min();
-        match (timers, handshake) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        if !self.dirty.is_empty() || !self.strays.is_empty() {
+            return Some(Duration::ZERO);
         }
+        self.timers
+            .first()
+            .map(|(at, _)| at.saturating_duration_since(now))
     }
 
     /// The next packet to write to the TUN.
@@ -369,7 +558,7 @@ impl NetStack {
         self.device.tx.len()
     }
 
-    /// Ids of every flow.
+    /// Ids of every flow (for tests and diagnostics: O(flows)).
     pub fn flow_ids(&self) -> Vec<FlowId> {
         let mut ids: Vec<FlowId> = self.flows.keys().copied().collect();
         ids.sort();
@@ -388,20 +577,24 @@ impl NetStack {
 
     fn socket(&self, id: FlowId) -> Result<&tcp::Socket<'static>, FlowError> {
         let f = self.flows.get(&id).ok_or(FlowError::Unknown)?;
-        Ok(self.sockets.get::<tcp::Socket>(f.handle))
+        Ok(f.sockets.get::<tcp::Socket>(f.handle))
     }
 
+    /// The socket of `id`, marked for the next poll (using it may owe the client a segment).
     fn socket_mut(&mut self, id: FlowId) -> Result<&mut tcp::Socket<'static>, FlowError> {
-        let f = self.flows.get(&id).ok_or(FlowError::Unknown)?;
-        Ok(self.sockets.get_mut::<tcp::Socket>(f.handle))
+        let f = self.flows.get_mut(&id).ok_or(FlowError::Unknown)?;
+        if f.phase == Phase::Open {
+            mark(&mut self.dirty, id, f);
+        }
+        Ok(f.sockets.get_mut::<tcp::Socket>(f.handle))
     }
 
     /// Bytes from the client, into `buf`; `Ok(0)` when none are buffered.
     pub fn recv(&mut self, id: FlowId, buf: &mut [u8]) -> Result<usize, FlowError> {
-        let s = self.socket_mut(id)?;
-        if !s.can_recv() {
+        if !self.socket(id)?.can_recv() {
             return Ok(0);
         }
+        let s = self.socket_mut(id)?;
         s.recv_slice(buf).map_err(|_| FlowError::NotOpen)
     }
 
@@ -440,7 +633,7 @@ impl NetStack {
 
     /// Queues bytes towards the client; returns how many fit.
     pub fn send(&mut self, id: FlowId, data: &[u8]) -> Result<usize, FlowError> {
-        let s = self.socket_mut(id)?;
+        let s = self.socket(id)?;
         if !s.may_send() {
             return if matches!(s.state(), tcp::State::Listen | tcp::State::SynReceived) {
                 Ok(0)
@@ -448,6 +641,7 @@ impl NetStack {
                 Err(FlowError::NotOpen)
             };
         }
+        let s = self.socket_mut(id)?;
         s.send_slice(data).map_err(|_| FlowError::NotOpen)
     }
 
@@ -458,8 +652,12 @@ impl NetStack {
         }
     }
 
-    /// Resets the flow (RST to the client).
+    /// Resets the flow (RST to the client; a held flow's SYN is refused).
     pub fn abort(&mut self, id: FlowId) {
+        if self.flows.get(&id).map(|f| f.phase) == Some(Phase::Held) {
+            self.refuse_flow(id);
+            return;
+        }
         if let Ok(s) = self.socket_mut(id) {
             s.abort();
         }
@@ -467,21 +665,73 @@ impl NetStack {
 
     /// `true` once the flow is over in both directions (closed, reset or in TIME-WAIT) and the
     /// stack owes the client nothing more (an abort's RST goes out at the next poll, so an
-    /// aborted flow counts as closed only after that).
+    /// aborted flow counts as closed only after that). A refused or unknown flow is closed.
     pub fn is_closed(&self, id: FlowId) -> bool {
-        self.socket(id).map_or(true, |s| match s.state() {
+        let Some(f) = self.flows.get(&id) else {
+            return true;
+        };
+        if f.phase == Phase::Held {
+            return false;
+        }
+        let s = f.sockets.get::<tcp::Socket>(f.handle);
+        match s.state() {
             tcp::State::TimeWait => true,
-            tcp::State::Closed => s.remote_endpoint().is_none(),
+            tcp::State::Closed => s.remote_endpoint().is_none() && !f.dirty,
             _ => false,
-        })
+        }
     }
 
     /// Forgets a flow and frees its socket.
     pub fn remove(&mut self, id: FlowId) {
-        if let Some(f) = self.flows.remove(&id) {
-            self.by_tuple.remove(&(f.src, f.dst));
-            self.sockets.remove(f.handle);
+        self.remove_entry(id);
+    }
+
+    fn remove_entry(&mut self, id: FlowId) -> Option<Flow> {
+        let flow = self.flows.remove(&id)?;
+        self.by_tuple.remove(&(flow.src, flow.dst));
+        if let Some(at) = flow.timer {
+            self.timers.remove(&(at, id));
         }
+        // Stale entries in `dirty` and `ready` are skipped when met.
+        Some(flow)
+    }
+}
+
+/// Queues `id` for the next poll (once).
+fn mark(dirty: &mut Vec<FlowId>, id: FlowId, flow: &mut Flow) {
+    if !flow.dirty {
+        flow.dirty = true;
+        dirty.push(id);
+    }
+}
+
+fn push_ready(ready: &mut VecDeque<FlowId>, flows: &mut HashMap<FlowId, Flow>, id: FlowId) {
+    match flows.get_mut(&id) {
+        Some(f) if !f.ready => {
+            f.ready = true;
+            ready.push_back(id);
+        }
+        Some(_) => {}
+        // Refused and gone: report it once so the caller can drop its side.
+        None => ready.push_back(id),
+    }
+}
+
+fn set_timer(
+    timers: &mut BTreeSet<(Instant, FlowId)>,
+    id: FlowId,
+    flow: &mut Flow,
+    at: Option<Instant>,
+) {
+    if flow.timer == at {
+        return;
+    }
+    if let Some(old) = flow.timer.take() {
+        timers.remove(&(old, id));
+    }
+    if let Some(at) = at {
+        timers.insert((at, id));
+        flow.timer = Some(at);
     }
 }
 
@@ -490,19 +740,57 @@ fn smol_now(epoch: Instant, now: Instant) -> smoltcp::time::Instant {
     smoltcp::time::Instant::from_micros(i64::try_from(micros).unwrap_or(i64::MAX))
 }
 
-/// Source and destination of an IPv4 TCP SYN (without ACK), if `packet` is one.
+/// The addresses and flags of a TCP segment (IPv4 or IPv6, unfragmented).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    src: SocketAddr,
+    dst: SocketAddr,
+    syn: bool,
+    ack: bool,
+    rst: bool,
+}
+
+impl Segment {
+    /// A connection request: SYN without ACK or RST.
+    fn is_syn(&self) -> bool {
+        self.syn && !self.ack && !self.rst
+    }
+}
+
+fn tcp_segment(packet: &[u8]) -> Option<Segment> {
+    let (src_ip, dst_ip, payload): (IpAddr, IpAddr, &[u8]) = match packet.first()? >> 4 {
+        4 => {
+            let ip = Ipv4Packet::new_checked(packet).ok()?;
+            if ip.next_header() != IpProtocol::Tcp || ip.frag_offset() != 0 || ip.more_frags() {
+                return None;
+            }
+            let payload = packet.get(ip.header_len() as usize..usize::from(ip.total_len()))?;
+            (ip.src_addr().into(), ip.dst_addr().into(), payload)
+        }
+        6 => {
+            let ip = Ipv6Packet::new_checked(packet).ok()?;
+            if ip.next_header() != IpProtocol::Tcp {
+                return None;
+            }
+            let payload = packet.get(40..40 + usize::from(ip.payload_len()))?;
+            (ip.src_addr().into(), ip.dst_addr().into(), payload)
+        }
+        _ => return None,
+    };
+    let tcp = TcpPacket::new_checked(payload).ok()?;
+    Some(Segment {
+        src: SocketAddr::new(src_ip, tcp.src_port()),
+        dst: SocketAddr::new(dst_ip, tcp.dst_port()),
+        syn: tcp.syn(),
+        ack: tcp.ack(),
+        rst: tcp.rst(),
+    })
+}
+
+/// Source and destination of a TCP SYN (without ACK or RST), IPv4 or IPv6, if `packet` is one.
 pub fn tcp_syn(packet: &[u8]) -> Option<(SocketAddr, SocketAddr)> {
-    let ip = Ipv4Packet::new_checked(packet).ok()?;
-    if ip.next_header() != IpProtocol::Tcp || ip.frag_offset() != 0 || ip.more_frags() {
-        return None;
-    }
-    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
-    if !tcp.syn() || tcp.ack() || tcp.rst() {
-        return None;
-    }
-    let src = SocketAddr::new(IpAddr::V4(ip.src_addr()), tcp.src_port());
-    let dst = SocketAddr::new(IpAddr::V4(ip.dst_addr()), tcp.dst_port());
-    Some((src, dst))
+    let seg = tcp_segment(packet)?;
+    seg.is_syn().then_some((seg.src, seg.dst))
 }
 
 /// The datagram in `packet`, if it is a well-formed, unfragmented IPv4 UDP packet.

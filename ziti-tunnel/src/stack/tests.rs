@@ -90,6 +90,35 @@ fn pump(
             moved = true;
         }
         stack.poll(now);
+        // The tunnel's dial succeeds at once: let every held handshake through.
+        for id in stack.flow_ids() {
+            stack.accept_flow(id);
+        }
+        stack.poll(now);
+        while let Some(p) = stack.pop_transmit() {
+            client.device.rx.push_back(p);
+            moved = true;
+        }
+        while stack.poll_ready().is_some() {}
+        if !moved {
+            return;
+        }
+    }
+}
+
+/// Moves packets both ways without deciding held flows.
+fn pump_holding(client: &mut Client, stack: &mut NetStack, now: Instant) {
+    for _ in 0..100 {
+        let t = smol_now(client.epoch, now);
+        client
+            .iface
+            .poll(t, &mut client.device, &mut client.sockets);
+        let mut moved = false;
+        while let Some(p) = client.device.tx.pop_front() {
+            stack.receive_packet(&p, now, |_, _| true);
+            moved = true;
+        }
+        stack.poll(now);
         while let Some(p) = stack.pop_transmit() {
             client.device.rx.push_back(p);
             moved = true;
@@ -266,4 +295,131 @@ fn intercepted_udp_is_handed_over_and_replies_are_built_others_get_icmp() {
     // Oversized replies and IPv6 are refused rather than sent broken.
     assert!(!st.send_datagram(service, client, &[0u8; 2000]));
     assert!(!st.send_datagram("[::1]:53".parse().unwrap(), client, b"x"));
+}
+
+#[test]
+fn a_syn_is_held_until_the_dial_is_known_then_accepted() {
+    let now = Instant::now();
+    let mut client = Client::new(now);
+    let mut st = stack(now);
+    let h = client.connect(SVC, 40100);
+    pump_holding(&mut client, &mut st, now);
+    let flow = st.poll_new_flow().expect("a new flow");
+    assert_eq!(
+        client.sock(h).state(),
+        tcp::State::SynSent,
+        "no SYN-ACK while the dial runs"
+    );
+    // The client retransmits its SYN; the flow absorbs it and stays one flow.
+    let later = now + Duration::from_secs(1);
+    let t = smol_now(client.epoch, later);
+    client
+        .iface
+        .poll(t, &mut client.device, &mut client.sockets);
+    while let Some(p) = client.device.tx.pop_front() {
+        st.receive_packet(&p, later, |_, _| true);
+    }
+    st.poll(later);
+    assert_eq!(st.flow_count(), 1);
+    assert!(st.poll_new_flow().is_none());
+    assert!(st.pop_transmit().is_none());
+
+    assert!(st.accept_flow(flow.id));
+    pump_holding(&mut client, &mut st, later);
+    assert!(
+        client.sock(h).may_send(),
+        "handshake completed after accept"
+    );
+}
+
+#[test]
+fn a_refused_dial_answers_the_held_syn_with_reset() {
+    let now = Instant::now();
+    let mut client = Client::new(now);
+    let mut st = stack(now);
+    let h = client.connect(SVC, 40101);
+    pump_holding(&mut client, &mut st, now);
+    let flow = st.poll_new_flow().expect("a new flow");
+    st.refuse_flow(flow.id);
+    assert_eq!(st.flow_count(), 0);
+    assert!(st.is_closed(flow.id));
+    pump_holding(&mut client, &mut st, now);
+    assert_eq!(
+        client.sock(h).state(),
+        tcp::State::Closed,
+        "RST: connection refused"
+    );
+    assert!(!st.accept_flow(flow.id), "gone");
+}
+
+#[test]
+fn a_held_syn_expires_with_a_reset_and_is_reported() {
+    let now = Instant::now();
+    let mut client = Client::new(now);
+    let mut st = stack(now);
+    let h = client.connect(SVC, 40102);
+    pump_holding(&mut client, &mut st, now);
+    let flow = st.poll_new_flow().expect("a new flow");
+    let timeout = StackConfig::default().handshake_timeout;
+    assert_eq!(st.poll_delay(now), Some(timeout));
+    let later = now + timeout;
+    st.poll(later);
+    assert_eq!(st.poll_ready(), Some(flow.id));
+    assert_eq!(st.flow_count(), 0);
+    st.poll(later);
+    let rst = st.pop_transmit().expect("RST for the held SYN");
+    client.device.rx.push_back(rst);
+    let t = smol_now(client.epoch, later);
+    client
+        .iface
+        .poll(t, &mut client.device, &mut client.sockets);
+    assert_eq!(client.sock(h).state(), tcp::State::Closed);
+}
+
+#[test]
+fn idle_flows_cost_nothing_per_poll() {
+    let now = Instant::now();
+    let mut client = Client::new(now);
+    let mut st = NetStack::new(
+        StackConfig {
+            mtu: 1500,
+            tcp_buffer: 4096,
+            max_flows: 200,
+            ..StackConfig::default()
+        },
+        now,
+        42,
+    );
+    for port in 0..150u16 {
+        client.connect(SVC, 41000 + port);
+    }
+    pump(&mut client, &mut st, now, &|_| true);
+    assert_eq!(st.flow_count(), 150);
+    while st.poll_ready().is_some() {}
+    // Nothing arrives and no timer is due: a poll runs no flow and reports none.
+    let soon = now + Duration::from_millis(1);
+    assert!(!st.poll(soon));
+    assert!(st.poll_ready().is_none());
+    assert!(st.pop_transmit().is_none());
+    // One segment for one flow makes exactly that flow ready.
+    let (h, _) = client.sockets.iter().next().map(|(h, _)| (h, ())).unwrap();
+    client.sock(h).send_slice(b"ping").unwrap();
+    let t = smol_now(client.epoch, soon);
+    client
+        .iface
+        .poll(t, &mut client.device, &mut client.sockets);
+    while let Some(p) = client.device.tx.pop_front() {
+        st.receive_packet(&p, soon, |_, _| true);
+    }
+    assert!(st.poll(soon));
+    let ready: Vec<FlowId> = std::iter::from_fn(|| st.poll_ready()).collect();
+    assert_eq!(ready.len(), 1, "{ready:?}");
+    let mut buf = [0u8; 8];
+    assert_eq!(st.recv(ready[0], &mut buf).unwrap(), 4);
+    // Reading owes the client a window update: one more poll, then the next timer is the
+    // keep-alive or idle timer, not now.
+    assert_eq!(st.poll_delay(soon), Some(Duration::ZERO));
+    st.poll(soon);
+    let delay = st.poll_delay(soon).unwrap();
+    assert!(delay > Duration::from_secs(1), "{delay:?}");
 }

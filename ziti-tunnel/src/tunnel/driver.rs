@@ -2,18 +2,17 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use ziti_dns::DnsTable;
 use ziti_sdk::context::DialOptions;
 use ziti_sdk::services::Protocol;
 use ziti_sdk::{ServiceEvent, ZitiContext, error_chain};
 
 use super::hosting::Hosting;
-use super::relay::{Down, FlowPipe, forward_up, relay_flow, relay_udp};
+use super::relay::{Down, FlowPipe, FlowWaker, forward_up, relay_flow, relay_udp};
 use super::{
     CHUNK, DatagramDown, FLOW_QUEUE, MAX_UDP_FLOWS, READ_BATCH, TunnelError, TunnelIdentity,
     UDP_QUEUE,
@@ -37,7 +36,9 @@ pub(super) struct Driver {
     /// Datagrams towards each UDP flow's relay, keyed by (client, intercepted address).
     pub(super) udp_flows: HashMap<(SocketAddr, SocketAddr), mpsc::Sender<Bytes>>,
     pub(super) udp_down_tx: mpsc::Sender<DatagramDown>,
-    pub(super) notify: Arc<Notify>,
+    /// Flows whose relay has news (data, end, dial result); each id at most once at a time.
+    pub(super) wake_tx: mpsc::UnboundedSender<FlowId>,
+    pub(super) wake_rx: mpsc::UnboundedReceiver<FlowId>,
     pub(super) host_services: bool,
 }
 
@@ -57,15 +58,23 @@ impl Driver {
             self.stack.poll(now);
             self.start_new_flows();
             self.relay_datagrams();
-            self.service_flows();
+            // Only the flows something happened to: woken by their relay or by the stack.
+            while let Ok(id) = self.wake_rx.try_recv() {
+                self.service_flow(id);
+            }
+            while let Some(id) = self.stack.poll_ready() {
+                self.service_flow(id);
+            }
             self.stack.poll(now);
             self.flush_tun().await?;
 
-            let delay = self
-                .stack
-                .poll_delay(Instant::now())
-                .unwrap_or(Duration::from_secs(3600));
-            let notified = self.notify.notified();
+            let delay = if self.stack.has_ready() {
+                Duration::ZERO
+            } else {
+                self.stack
+                    .poll_delay(Instant::now())
+                    .unwrap_or(Duration::from_secs(3600))
+            };
             tokio::select! {
                 r = self.tun.recv(&mut packet) => {
                     let n = r.map_err(TunnelError::TunIo)?;
@@ -77,7 +86,7 @@ impl Driver {
                         }
                     }
                 }
-                _ = notified => {}
+                Some(id) = self.wake_rx.recv() => self.service_flow(id),
                 Some((from, to, payload)) = udp_down.recv() => {
                     if !self.stack.send_datagram(from, to, &payload) {
                         tracing::debug!(%from, %to, len = payload.len(), "dropped a UDP reply");
@@ -192,11 +201,12 @@ impl Driver {
 
     fn start_flow(&mut self, flow: NewFlow) {
         let Some((service, ctx, opts)) = self.dial_target(Protocol::Tcp, flow.dst) else {
-            self.stack.abort(flow.id);
+            self.stack.refuse_flow(flow.id);
             return;
         };
         let (up_tx, up_rx) = mpsc::channel(FLOW_QUEUE);
         let (down_tx, down_rx) = mpsc::channel(FLOW_QUEUE);
+        let waker = FlowWaker::new(flow.id, self.wake_tx.clone());
         self.flows.insert(
             flow.id,
             FlowPipe {
@@ -204,71 +214,100 @@ impl Driver {
                 down: down_rx,
                 pending: None,
                 down_done: false,
+                dialed: false,
+                waker: waker.clone(),
             },
         );
-        let notify = self.notify.clone();
-        tokio::spawn(relay_flow(ctx, service, opts, up_rx, down_tx, notify));
+        // The SYN stays unanswered until the dial succeeds.
+        tokio::spawn(relay_flow(ctx, service, opts, up_rx, down_tx, waker));
     }
 
-    /// Moves bytes between every flow's socket and its channels; reaps finished flows.
-    fn service_flows(&mut self) {
+    /// Moves bytes between one flow's socket and its channels; reaps it when finished.
+    fn service_flow(&mut self, id: FlowId) {
         let mut buf = [0u8; CHUNK];
-        for id in self.stack.flow_ids() {
-            let Some(pipe) = self.flows.get_mut(&id) else {
-                // A flow whose service could not be matched: already aborted.
-                if self.stack.is_closed(id) {
-                    self.stack.remove(id);
-                }
-                continue;
-            };
-            // Client -> service, only as far as the channel has room (else the window closes).
-            if let Some(tx) = &pipe.up
-                && !forward_up(&mut self.stack, id, tx, &mut buf)
-            {
-                pipe.up = None;
-            }
-            if pipe.up.is_some() && self.stack.client_finished(id) {
-                pipe.up = None; // end-of-stream for the relay: it half-closes the Ziti side
-            }
-            // Service -> client, only as far as the socket has room.
-            while !pipe.down_done {
-                if let Some(mut chunk) = pipe.pending.take() {
-                    match self.stack.send(id, &chunk) {
-                        Ok(n) if n < chunk.len() => {
-                            pipe.pending = Some(chunk.split_off(n));
-                            break;
-                        }
-                        Ok(_) => {}
-                        Err(_) => {
-                            pipe.down_done = true;
-                            break;
-                        }
-                    }
-                }
-                if self.stack.send_capacity(id) == 0 {
-                    break;
-                }
-                match pipe.down.try_recv() {
-                    Ok(Down::Data(b)) => {
-                        tracing::trace!(?id, n = b.len(), "service -> client");
-                        pipe.pending = Some(b)
-                    }
-                    Ok(Down::Fin) => {
-                        tracing::trace!(?id, "service finished sending");
-                        self.stack.finish(id);
-                        pipe.down_done = true;
-                    }
-                    Ok(Down::Abort) | Err(mpsc::error::TryRecvError::Disconnected) => {
-                        self.stack.abort(id);
-                        pipe.down_done = true;
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                }
-            }
+        let Some(pipe) = self.flows.get_mut(&id) else {
+            // A flow whose service could not be matched: already refused.
             if self.stack.is_closed(id) {
                 self.stack.remove(id);
-                self.flows.remove(&id);
             }
+            return;
+        };
+        pipe.waker.clear();
+        if !pipe.dialed {
+            // Held SYN: only the dial's outcome matters.
+            match pipe.down.try_recv() {
+                Ok(Down::Dialed) => {
+                    pipe.dialed = true;
+                    if !self.stack.accept_flow(id) {
+                        // The handshake expired while dialing: the client gave up.
+                        self.flows.remove(&id);
+                        return;
+                    }
+                }
+                Ok(Down::Abort) | Err(mpsc::error::TryRecvError::Disconnected) => {
+                    // The dial failed (logged with the service and the reason): RST the SYN,
+                    // so the application's connect() is refused.
+                    self.stack.refuse_flow(id);
+                    self.flows.remove(&id);
+                    return;
+                }
+                Ok(Down::Data(_) | Down::Fin) | Err(mpsc::error::TryRecvError::Empty) => {
+                    if self.stack.endpoints(id).is_none() {
+                        // Expired while held.
+                        self.flows.remove(&id);
+                    }
+                    return;
+                }
+            }
+        }
+        // Client -> service, only as far as the channel has room (else the window closes).
+        if let Some(tx) = &pipe.up
+            && !forward_up(&mut self.stack, id, tx, &mut buf)
+        {
+            pipe.up = None;
+        }
+        if pipe.up.is_some() && self.stack.client_finished(id) {
+            pipe.up = None; // end-of-stream for the relay: it half-closes the Ziti side
+        }
+        // Service -> client, only as far as the socket has room.
+        while !pipe.down_done {
+            if let Some(mut chunk) = pipe.pending.take() {
+                match self.stack.send(id, &chunk) {
+                    Ok(n) if n < chunk.len() => {
+                        pipe.pending = Some(chunk.split_off(n));
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        pipe.down_done = true;
+                        break;
+                    }
+                }
+            }
+            if self.stack.send_capacity(id) == 0 {
+                break;
+            }
+            match pipe.down.try_recv() {
+                Ok(Down::Data(b)) => {
+                    tracing::trace!(?id, n = b.len(), "service -> client");
+                    pipe.pending = Some(b)
+                }
+                Ok(Down::Fin) => {
+                    tracing::trace!(?id, "service finished sending");
+                    self.stack.finish(id);
+                    pipe.down_done = true;
+                }
+                Ok(Down::Dialed) => {}
+                Ok(Down::Abort) | Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.stack.abort(id);
+                    pipe.down_done = true;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+            }
+        }
+        if self.stack.is_closed(id) {
+            self.stack.remove(id);
+            self.flows.remove(&id);
         }
     }
 

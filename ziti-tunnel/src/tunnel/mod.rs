@@ -9,11 +9,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use ziti_dns::{DnsConfig, DnsServer, DnsTable, Ipv4Cidr, RunningServer, Upstreams};
 use ziti_sdk::ZitiContext;
 
@@ -178,6 +177,7 @@ pub async fn run(
     }
     drop(events_tx);
 
+    let (wake_tx, wake_rx) = mpsc::unbounded_channel();
     let mut driver = Driver {
         tun,
         if_index,
@@ -200,7 +200,8 @@ pub async fn run(
         flows: HashMap::new(),
         udp_flows: HashMap::new(),
         udp_down_tx,
-        notify: Arc::new(Notify::new()),
+        wake_tx,
+        wake_rx,
         host_services: config.host,
     };
     let result = driver.run(events, udp_down, &mut hosts, shutdown).await;

@@ -3,10 +3,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use ziti_sdk::context::DialOptions;
 use ziti_sdk::{ZitiContext, error_chain};
 
@@ -16,6 +17,8 @@ use crate::stack::{FlowId, NetStack};
 /// Bytes or an end, towards the client.
 #[derive(Debug)]
 pub(super) enum Down {
+    /// The service answered the dial: complete the client's handshake.
+    Dialed,
     Data(Bytes),
     Fin,
     Abort,
@@ -27,6 +30,40 @@ pub(super) struct FlowPipe {
     pub(super) down: mpsc::Receiver<Down>,
     pub(super) pending: Option<Bytes>,
     pub(super) down_done: bool,
+    /// The dial succeeded and the handshake was let through.
+    pub(super) dialed: bool,
+    pub(super) waker: FlowWaker,
+}
+
+/// Tells the driver that one flow's relay has news, at most once until the driver looks.
+#[derive(Clone)]
+pub(super) struct FlowWaker {
+    id: FlowId,
+    queued: Arc<AtomicBool>,
+    tx: mpsc::UnboundedSender<FlowId>,
+}
+
+impl FlowWaker {
+    pub(super) fn new(id: FlowId, tx: mpsc::UnboundedSender<FlowId>) -> Self {
+        FlowWaker {
+            id,
+            queued: Arc::new(AtomicBool::new(false)),
+            tx,
+        }
+    }
+
+    /// Queues the flow for the driver unless it is queued already (so the queue holds each
+    /// flow at most once).
+    pub(super) fn wake(&self) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            let _ = self.tx.send(self.id);
+        }
+    }
+
+    /// The driver is looking at the flow now.
+    pub(super) fn clear(&self) {
+        self.queued.store(false, Ordering::Release);
+    }
 }
 
 /// Moves client bytes of flow `id` into its channel while both have some; `false` once the
@@ -61,22 +98,26 @@ pub(super) async fn relay_flow(
     opts: DialOptions,
     mut up: mpsc::Receiver<Bytes>,
     down: mpsc::Sender<Down>,
-    notify: Arc<Notify>,
+    waker: FlowWaker,
 ) {
     // dial_with logs a failure with the service name and the reason.
     let stream = match ctx.dial_with(&service, &opts).await {
         Ok(s) => s,
         Err(_) => {
             let _ = down.send(Down::Abort).await;
-            notify.notify_one();
+            waker.wake();
             return;
         }
     };
+    if down.send(Down::Dialed).await.is_err() {
+        return;
+    }
+    waker.wake();
     let (mut rd, mut wr) = tokio::io::split(stream);
     let upload = async {
         while let Some(chunk) = up.recv().await {
             tracing::trace!(service, n = chunk.len(), "writing to the service");
-            notify.notify_one(); // room in the channel again
+            waker.wake(); // room in the channel again
             wr.write_all(&chunk).await?;
         }
         wr.shutdown().await
@@ -94,7 +135,7 @@ pub(super) async fn relay_flow(
             if down.send(msg).await.is_err() {
                 return Ok(());
             }
-            notify.notify_one();
+            waker.wake();
             if fin {
                 return Ok::<(), std::io::Error>(());
             }
@@ -104,7 +145,7 @@ pub(super) async fn relay_flow(
     if let Err(e) = u.and(d) {
         tracing::debug!(service, error = %error_chain(&e), "flow ended with an error");
         let _ = down.send(Down::Abort).await;
-        notify.notify_one();
+        waker.wake();
     }
 }
 
