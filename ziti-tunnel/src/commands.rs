@@ -219,6 +219,12 @@ pub struct RunArgs {
         default_value = "100.64.0.0/10"
     )]
     dns_ip_range: String,
+    /// IPv6 pool for intercepted hostnames (AAAA answers); its first address is the TUN's.
+    #[arg(long = "dns-ipv6-range", default_value = "fd7a:7a7a:7a7a::/64")]
+    dns_ipv6_range: String,
+    /// Intercept IPv4 only: no IPv6 address on the TUN and no AAAA answers.
+    #[arg(long)]
+    no_ipv6: bool,
     /// Upstream resolver for other names (IP or IP:port); may be repeated. Default: the
     /// nameservers of /etc/resolv.conf.
     #[arg(long = "dns-upstream", alias = "resolver")]
@@ -275,6 +281,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .dns_ip_range
         .parse()
         .with_context(|| format!("--dns-ip-range {}", args.dns_ip_range))?;
+    let ipv6_pool: Option<ziti_dns::Ipv6Cidr> = if args.no_ipv6 {
+        None
+    } else {
+        Some(
+            args.dns_ipv6_range
+                .parse()
+                .with_context(|| format!("--dns-ipv6-range {}", args.dns_ipv6_range))?,
+        )
+    };
     let dns_upstreams = if args.dns_upstream.is_empty() {
         ziti_dns::Upstreams::System
     } else {
@@ -289,6 +304,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tun_name: args.tun_name,
         mtu: args.mtu,
         pool,
+        ipv6_pool,
         dns: !args.no_dns,
         dns_upstreams,
         refresh_interval: std::time::Duration::from_secs(args.refresh.max(1)),

@@ -29,7 +29,7 @@
 //! packets in and out.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
@@ -50,6 +50,8 @@ pub struct StackConfig {
     pub address: Ipv4Addr,
     /// Prefix length of [`StackConfig::address`].
     pub prefix: u8,
+    /// The stack's IPv6 address and prefix, if the TUN is dual-stack.
+    pub ipv6: Option<(Ipv6Addr, u8)>,
     /// Largest IP packet in either direction (the TUN MTU).
     pub mtu: usize,
     /// Receive and send buffer of each TCP flow, bytes (window scaling above 64 KiB).
@@ -74,6 +76,7 @@ impl Default for StackConfig {
         StackConfig {
             address: Ipv4Addr::new(100, 64, 0, 1),
             prefix: 10,
+            ipv6: None,
             mtu: 9000,
             // 2048 flows x 2 x 128 KiB bounds the stack's socket memory at 512 MiB.
             tcp_buffer: 128 * 1024,
@@ -205,11 +208,17 @@ impl NetStack {
         let mut iface = Interface::new(iface_config, &mut device, smol_now(now, now));
         let own = config.address;
         iface.update_ip_addrs(|addrs| {
-            // One address: the vector has room for it.
+            // Two addresses at most: the vector has room for them.
             let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(own), config.prefix));
+            if let Some((v6, prefix)) = config.ipv6 {
+                let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(v6), prefix));
+            }
         });
-        // Capacity for one default route always exists.
+        // Capacity for the default routes always exists.
         let _ = iface.routes_mut().add_default_ipv4_route(own);
+        if let Some((v6, _)) = config.ipv6 {
+            let _ = iface.routes_mut().add_default_ipv6_route(v6);
+        }
         iface.set_any_ip(true);
         NetStack {
             config,

@@ -11,7 +11,9 @@
 //! service without a host is refused (the SYN is held until the dial fails) and the failure is
 //! logged with the service name and the reason; a service removed by policy stops resolving;
 //! UDP datagrams to an intercepted address reach a UDP service hosted by the Go tunneler and the
-//! answers come back datagram by datagram; no process outlives the test.
+//! answers come back datagram by datagram; `curl -6` reaches a service intercepted by an IPv6
+//! address and one intercepted by hostname (AAAA from the IPv6 pool); no process outlives the
+//! test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -125,6 +127,74 @@ async fn start_server(reply_len: usize) -> (u16, tokio::sync::mpsc::Receiver<Str
         }
     });
     (port, rx)
+}
+
+/// A minimal HTTP server on loopback: answers every request with `body`.
+async fn start_http_server(body: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// Asks our DNS server for `name`'s AAAA record.
+async fn lookup_aaaa(name: &str) -> Option<std::net::Ipv6Addr> {
+    let sock = UdpSocket::bind("0.0.0.0:0").await.ok()?;
+    let mut msg = Message::query();
+    msg.add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::AAAA));
+    msg.metadata.id = 0x6a6a;
+    msg.metadata.recursion_desired = true;
+    sock.send_to(&msg.to_vec().ok()?, DNS).await.ok()?;
+    let mut buf = [0u8; 1500];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let answer = Message::from_vec(&buf[..n]).ok()?;
+    answer.answers.iter().find_map(|r| match &r.data {
+        RData::AAAA(a) => Some(a.0),
+        _ => None,
+    })
+}
+
+/// `curl -6` to `url` (retried until `limit`): the body it printed.
+async fn curl6_within(url: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let out = tokio::process::Command::new("curl")
+            .args(["-6", "-sS", "--max-time", "20", url])
+            .output()
+            .await
+            .expect("curl runs");
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "curl -6 {url} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// A UDP server on loopback that answers each datagram with `echo:` + the datagram.
@@ -295,6 +365,23 @@ async fn scenario(net: &TestNet) {
         None,
         "#nobody",
     );
+    // IPv6 (issue 9 point 6): one service intercepted by an IPv6 address, one by a hostname
+    // answered with AAAA from the IPv6 pool, both hosted by zt-tunnel's host identity.
+    let v6_port = start_http_server("hello over ipv6").await;
+    service(
+        net,
+        "v6ip",
+        &intercept_json("2001:db8::10", 7100),
+        Some(&host_json(v6_port)),
+        "#rust-hosts",
+    );
+    service(
+        net,
+        "v6name",
+        &intercept_json("v6.ziti.test", 80),
+        Some(&host_json(v6_port)),
+        "#rust-hosts",
+    );
     let udp_port = start_udp_echo().await;
     service(
         net,
@@ -411,6 +498,24 @@ async fn scenario(net: &TestNet) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // IPv6: curl -6 to an intercepted IPv6 address, and to the AAAA answer for a hostname.
+    let body = curl6_within("http://[2001:db8::10]:7100/", Duration::from_secs(60)).await;
+    assert_eq!(body, "hello over ipv6");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let v6 = loop {
+        if let Some(a) = lookup_aaaa("v6.ziti.test").await {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "no AAAA for v6.ziti.test");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        v6.segments()[0] == 0xfd7a,
+        "{v6} comes from the IPv6 pool fd7a:7a7a:7a7a::/64"
+    );
+    let body = curl6_within(&format!("http://[{v6}]/"), Duration::from_secs(60)).await;
+    assert_eq!(body, "hello over ipv6");
 
     // Not intercepted: a SYN to a pool address nobody was given is refused at once.
     let stray = tokio::time::timeout(

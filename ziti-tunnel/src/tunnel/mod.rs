@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use ziti_dns::{DnsConfig, DnsServer, DnsTable, Ipv4Cidr, RunningServer, Upstreams};
-use ziti_sdk::ZitiContext;
+use ziti_dns::{DnsConfig, DnsServer, DnsTable, Ipv4Cidr, Ipv6Cidr, RunningServer, Upstreams};
+use ziti_sdk::{ZitiContext, error_chain};
 
 use crate::intercept::InterceptTable;
 use crate::netlink::{Netlink, NetlinkError};
@@ -56,6 +56,10 @@ pub struct TunnelConfig {
     /// Address pool for intercepted hostnames; its first address is the TUN's and the DNS
     /// server's.
     pub pool: Ipv4Cidr,
+    /// IPv6 pool for intercepted hostnames (AAAA answers); its first address is the TUN's.
+    /// `None`: IPv4 only. If the system refuses the address (IPv6 disabled), the tunnel runs
+    /// IPv4 only and says so in the log.
+    pub ipv6_pool: Option<Ipv6Cidr>,
     /// Run the intercepting DNS server on the pool's first address, port 53.
     pub dns: bool,
     /// Where the DNS server forwards names it does not intercept.
@@ -72,6 +76,7 @@ impl Default for TunnelConfig {
             tun_name: "ziti0".into(),
             mtu: 9000,
             pool: Ipv4Cidr::DEFAULT,
+            ipv6_pool: Some(Ipv6Cidr::DEFAULT),
             dns: true,
             dns_upstreams: Upstreams::System,
             refresh_interval: ziti_sdk::services::DEFAULT_REFRESH_INTERVAL,
@@ -141,12 +146,28 @@ pub async fn run(
     let if_index = tun.if_index().map_err(TunnelError::TunIo)?;
     let netlink = Netlink::connect()?;
     tracing::info!(device = %config.tun_name, address = %own_addr, pool = %config.pool, "TUN device up");
+    let ipv6_pool = config.ipv6_pool.filter(|p6| {
+        match tun.add_address_v6(p6.dns_addr(), p6.prefix()) {
+            Ok(()) => {
+                tracing::info!(address = %p6.dns_addr(), pool = %p6, "TUN device has IPv6");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(pool = %p6, error = %error_chain(&e), "cannot give the TUN device an IPv6 address; intercepting IPv4 only");
+                false
+            }
+        }
+    });
 
-    let dns_table = DnsTable::new(config.pool);
+    let dns_table = match ipv6_pool {
+        Some(p6) => DnsTable::with_ipv6_pool(config.pool, p6),
+        None => DnsTable::new(config.pool),
+    };
     let dns_server: Option<RunningServer> = if config.dns {
         let dns_config = DnsConfig {
             listen: SocketAddr::new(IpAddr::V4(own_addr), 53),
             pool: config.pool,
+            ipv6_pool,
             upstreams: config.dns_upstreams.clone(),
             ..DnsConfig::default()
         };
@@ -186,6 +207,7 @@ pub async fn run(
             StackConfig {
                 address: own_addr,
                 prefix: config.pool.prefix(),
+                ipv6: ipv6_pool.map(|p6| (p6.dns_addr(), p6.prefix())),
                 mtu: usize::from(config.mtu),
                 ..StackConfig::default()
             },

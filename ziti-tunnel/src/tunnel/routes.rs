@@ -1,7 +1,7 @@
 //! Intercepted names into the DNS table and intercepted addresses into routes to the TUN.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use ziti_sdk::error_chain;
 
@@ -25,9 +25,7 @@ impl Driver {
         }
         let mut installed = BTreeSet::new();
         for (net, prefix) in &wanted {
-            if let IpAddr::V4(v4) = net
-                && self.is_pool_address(*v4, *prefix)
-            {
+            if self.is_pool_address(*net, *prefix) {
                 continue; // already routed to the TUN by the pool's own prefix
             }
             match self.netlink.route_to(*net, *prefix, self.if_index).await {
@@ -42,8 +40,16 @@ impl Driver {
         self.routes = installed;
     }
 
-    fn is_pool_address(&self, ip: Ipv4Addr, prefix: u8) -> bool {
-        let pool = self.dns_table.pool();
-        prefix >= pool.prefix() && pool.contains(ip)
+    fn is_pool_address(&self, ip: IpAddr, prefix: u8) -> bool {
+        match ip {
+            IpAddr::V4(v4) => {
+                let pool = self.dns_table.pool();
+                prefix >= pool.prefix() && pool.contains(v4)
+            }
+            IpAddr::V6(v6) => self
+                .dns_table
+                .ipv6_pool()
+                .is_some_and(|pool| prefix >= pool.prefix() && pool.contains(v6)),
+        }
     }
 }
