@@ -235,6 +235,12 @@ pub struct RunArgs {
     /// Do not host the services the identities may bind.
     #[arg(long)]
     no_host: bool,
+    /// TCP connections through the tunnel at once at most; more are refused.
+    #[arg(long, default_value_t = 65_536)]
+    max_connections: usize,
+    /// Receive and send buffer of each intercepted TCP connection, KiB.
+    #[arg(long, default_value_t = 128)]
+    tcp_buffer_kib: usize,
     /// Seconds between checks for service changes.
     #[arg(long, default_value_t = 60)]
     refresh: u64,
@@ -309,6 +315,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         dns_upstreams,
         refresh_interval: std::time::Duration::from_secs(args.refresh.max(1)),
         host: !args.no_host,
+        max_connections: args.max_connections.max(1),
+        tcp_buffer: args.tcp_buffer_kib.clamp(4, 16 * 1024) * 1024,
     };
     let shutdown = async {
         let mut term =

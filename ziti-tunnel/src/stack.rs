@@ -78,9 +78,10 @@ impl Default for StackConfig {
             prefix: 10,
             ipv6: None,
             mtu: 9000,
-            // 2048 flows x 2 x 128 KiB bounds the stack's socket memory at 512 MiB.
+            // Socket memory is bounded by max_flows x 2 x tcp_buffer; the buffers are allocated
+            // zeroed, so pages a connection never filled are never touched.
             tcp_buffer: 128 * 1024,
-            max_flows: 2048,
+            max_flows: 65_536,
             max_rx_queue: 1024,
             max_tx_queue: 1024,
             handshake_timeout: Duration::from_secs(20),

@@ -68,6 +68,12 @@ pub struct TunnelConfig {
     pub refresh_interval: Duration,
     /// Host the services the identities may bind.
     pub host: bool,
+    /// TCP connections through the tunnel at once at most; SYNs beyond are refused. Each
+    /// costs at most twice [`TunnelConfig::tcp_buffer`] of socket memory, touched only as data
+    /// passes.
+    pub max_connections: usize,
+    /// Receive and send buffer of each intercepted TCP connection, bytes.
+    pub tcp_buffer: usize,
 }
 
 impl Default for TunnelConfig {
@@ -81,6 +87,8 @@ impl Default for TunnelConfig {
             dns_upstreams: Upstreams::System,
             refresh_interval: ziti_sdk::services::DEFAULT_REFRESH_INTERVAL,
             host: true,
+            max_connections: StackConfig::default().max_flows,
+            tcp_buffer: StackConfig::default().tcp_buffer,
         }
     }
 }
@@ -208,6 +216,8 @@ pub async fn run(
                 address: own_addr,
                 prefix: config.pool.prefix(),
                 ipv6: ipv6_pool.map(|p6| (p6.dns_addr(), p6.prefix())),
+                max_flows: config.max_connections,
+                tcp_buffer: config.tcp_buffer,
                 mtu: usize::from(config.mtu),
                 ..StackConfig::default()
             },
