@@ -1,0 +1,324 @@
+//! Issue 9 point 2: 10,000 concurrent TCP connections through `zt-tunnel run`, each exchanging
+//! data with a Go-hosted service, all complete; zt-tunnel's resident memory above its idle
+//! baseline, per connection, is printed (goal: at most 16 KiB per idle connection) and bounded
+//! generously so a regression fails.
+//!
+//! Like `tunnel.rs`, the test thread first moves into a fresh network namespace
+//! (`unshare(CLONE_NEWNET)`), so the controller, the router, the Go tunneler, the local echo
+//! server and `zt-tunnel` with its TUN device all live there and the host's network is never
+//! touched. The test process holds both ends of every connection (client sockets and the echo
+//! server's), so it raises its own open-file limit first (root may).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use testnet::{ChildGuard, TestNet};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Connections held open at once.
+const CONNECTIONS: usize = 10_000;
+/// Connections being opened at the same moment (the rest wait their turn).
+const OPENING: usize = 200;
+/// Generous per-connection bound (the goal, 16 KiB, is printed, not asserted).
+const MAX_BYTES_PER_CONNECTION: u64 = 64 * 1024;
+/// The intercepted address of the service.
+const TARGET: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, 60)),
+    9000,
+);
+
+/// Runs `body` on a thread that first enters a new network namespace with loopback up.
+fn in_new_netns(body: impl FnOnce() + Send + 'static) {
+    let thread = std::thread::spawn(move || {
+        // SAFETY: unshare only changes this thread's namespace membership.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let nl = ziti_tunnel::netlink::Netlink::connect().unwrap();
+            let lo = nl.link_index("lo").await.unwrap();
+            nl.set_up(lo).await.unwrap();
+        });
+        drop(rt);
+        body();
+    });
+    if let Err(panic) = thread.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Raises the open-file limit (soft and hard) to `n`: this process holds both ends of every
+/// connection, and the children (the Go tunneler) inherit it.
+fn raise_open_files(n: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: setrlimit reads the struct it is given.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    assert_eq!(
+        rc,
+        0,
+        "setrlimit(NOFILE, {n}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// A TCP echo server.
+async fn echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = tcp.into_split();
+                let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                let _ = wr.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+fn enroll(net: &TestNet, name: &str, attrs: &[&str], out: &Path) {
+    let jwt = net.create_identity(name, attrs).unwrap();
+    net.cli_enroll(&jwt, out, "EC").unwrap();
+}
+
+/// Resident memory of a process, bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// One round trip of `msg` on `s`.
+async fn round_trip(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    s.write_all(msg).await?;
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(60), s.read_exact(&mut back))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no echo in 60 s"))??;
+    if back != msg {
+        return Err(std::io::Error::other("wrong echo"));
+    }
+    Ok(())
+}
+
+/// Opens connection `i` and makes its first round trip.
+async fn open(i: usize) -> Result<TcpStream, String> {
+    let mut s = tokio::time::timeout(Duration::from_secs(120), TcpStream::connect(TARGET))
+        .await
+        .map_err(|_| format!("connection {i}: connect timed out"))?
+        .map_err(|e| format!("connection {i}: connect: {e}"))?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    round_trip(&mut s, format!("hello from {i}\n").as_bytes())
+        .await
+        .map_err(|e| format!("connection {i}: first echo: {e}"))?;
+    Ok(s)
+}
+
+#[test]
+fn ten_thousand_connections_through_zt_tunnel_all_complete() {
+    raise_open_files(65_536);
+    in_new_netns(|| {
+        let net = TestNet::start().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(scenario(&net));
+    });
+}
+
+async fn scenario(net: &TestNet) {
+    let echo_port = echo_server().await;
+    net.create_config(
+        "scale-intercept",
+        "intercept.v1",
+        &format!(
+            r#"{{"protocols":["tcp"],"addresses":["{}"],"portRanges":[{{"low":{p},"high":{p}}}],"dialOptions":{{"connectTimeoutSeconds":60}}}}"#,
+            TARGET.ip(),
+            p = TARGET.port()
+        ),
+    )
+    .unwrap();
+    net.create_config(
+        "scale-host",
+        "host.v1",
+        &format!(r#"{{"protocol":"tcp","address":"127.0.0.1","port":{echo_port}}}"#),
+    )
+    .unwrap();
+    net.create_service("scale", &["scale-intercept", "scale-host"], &[], false)
+        .unwrap();
+    net.create_service_policy("scale-dial", "Dial", &["@scale"], &["#clients"])
+        .unwrap();
+    net.create_service_policy("scale-bind", "Bind", &["@scale"], &["#go-hosts"])
+        .unwrap();
+
+    let ids = tempfile::tempdir().unwrap();
+    enroll(
+        net,
+        "scale-client",
+        &["clients"],
+        &ids.path().join("client.json"),
+    );
+    let go_host = net.home().join("go-host.json");
+    enroll(net, "go-host", &["go-hosts"], &go_host);
+    let _go = net.spawn_go_tunnel("host", &go_host, &[]).unwrap();
+
+    let log = net.home().join("zt-tunnel-session.log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zt-tunnel"));
+    cmd.args(["--log-level", "info", "--log-file"])
+        .arg(&log)
+        .args(["run", "--identity-dir"])
+        .arg(ids.path())
+        .args([
+            "--tun-name",
+            "zt-scale0",
+            "--refresh",
+            "1",
+            "--dns-upstream",
+            "127.0.0.1:9",
+            "--no-ipv6",
+        ]);
+    let mut tunnel =
+        ChildGuard::spawn("zt-tunnel run", cmd, &net.home().join("zt-tunnel.out")).unwrap();
+    let pid = tunnel.pid().unwrap();
+
+    // The idle baseline: the service is reachable and one connection has come and gone.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match open(0).await {
+            Ok(s) => {
+                drop(s);
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the service never answered through zt-tunnel: {e}\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let baseline = rss(pid);
+
+    // Open all of them, OPENING at a time, each with a first round trip, and keep them.
+    let started = Instant::now();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(OPENING));
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|i| {
+            let sem = sem.clone();
+            tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await.map_err(|e| e.to_string())?;
+                open(i).await
+            })
+        })
+        .collect();
+    let mut streams = Vec::with_capacity(CONNECTIONS);
+    let mut failures = Vec::new();
+    for t in futures::future::join_all(tasks).await {
+        match t {
+            Ok(Ok(s)) => streams.push(s),
+            Ok(Err(e)) => failures.push(e),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    let opened_in = started.elapsed();
+    println!(
+        "{} of {CONNECTIONS} connections open with a round trip each in {opened_in:?}",
+        streams.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {CONNECTIONS} failed; first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+
+    // All open and idle: zt-tunnel's memory per connection.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = rss(pid);
+    let per_connection = held.saturating_sub(baseline) / CONNECTIONS as u64;
+    println!(
+        "zt-tunnel RSS: {} KiB idle, {} KiB with {CONNECTIONS} idle connections: {} bytes ({:.1} KiB) per connection (goal 16 KiB)",
+        baseline / 1024,
+        held / 1024,
+        per_connection,
+        per_connection as f64 / 1024.0
+    );
+
+    // Every connection exchanges data again, all at once.
+    let started = Instant::now();
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            tokio::spawn(async move {
+                let msg = format!("second message on {i}: {}\n", "z".repeat(i % 500));
+                round_trip(&mut s, msg.as_bytes())
+                    .await
+                    .map_err(|e| format!("connection {i}: second echo: {e}"))?;
+                s.shutdown().await.map_err(|e| e.to_string())?;
+                let mut rest = Vec::new();
+                tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut rest))
+                    .await
+                    .map_err(|_| format!("connection {i}: no end-of-file"))?
+                    .map_err(|e| e.to_string())?;
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    let failures: Vec<String> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .filter_map(|r| match r {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(e) => Some(e.to_string()),
+        })
+        .collect();
+    println!(
+        "{CONNECTIONS} connections exchanged again and closed in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {CONNECTIONS} failed the second exchange; first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        per_connection <= MAX_BYTES_PER_CONNECTION,
+        "{per_connection} bytes per idle connection"
+    );
+    assert!(
+        tunnel.is_running(),
+        "zt-tunnel still running:\n{}",
+        tunnel.log_tail(30)
+    );
+    tunnel.kill();
+}
