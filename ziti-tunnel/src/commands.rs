@@ -244,11 +244,16 @@ pub struct RunArgs {
     /// Seconds between checks for service changes.
     #[arg(long, default_value_t = 60)]
     refresh: u64,
+    /// Run the TUN device, routes and DNS server in this network namespace
+    /// (`/var/run/netns/NAME` or `/proc/PID/ns/net`); controller and router connections stay
+    /// in zt-tunnel's own. Default: zt-tunnel's own namespace.
+    #[arg(long)]
+    netns: Option<PathBuf>,
 }
 
 /// Runs the tunneler until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    use ziti_tunnel::tunnel::{TunnelConfig, TunnelIdentity};
+    use ziti_tunnel::tunnel::{TunnelBuilder, TunnelConfig, TunnelIdentity};
 
     let mut files = args.identity.clone();
     if let Some(dir) = &args.identity_dir {
@@ -333,7 +338,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         tracing::info!("shutting down");
     };
-    ziti_tunnel::tunnel::run(identities, config, shutdown).await?;
+    let mut builder = TunnelBuilder::new().config(config).identities(identities);
+    if let Some(netns) = args.netns {
+        builder = builder.netns_path(netns);
+    }
+    let mut tunnel = builder.start().await?;
+    let ended = tokio::select! {
+        () = shutdown => None,
+        outcome = tunnel.wait() => Some(outcome),
+    };
+    match ended {
+        Some(outcome) => outcome?,
+        None => tunnel.shutdown().await?,
+    }
     Ok(())
 }
 

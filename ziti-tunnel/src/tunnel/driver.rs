@@ -1,25 +1,41 @@
-//! The packet task: TUN in and out, the stack, new flows and the flows' channels.
+//! The packet task: TUN in and out, the stack, new flows and the flows' channels; identities
+//! and their service events; requests from the [`TunnelHandle`](super::TunnelHandle).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use ziti_dns::DnsTable;
 use ziti_sdk::context::DialOptions;
 use ziti_sdk::services::Protocol;
-use ziti_sdk::{ServiceEvent, ZitiContext, error_chain};
+use ziti_sdk::{Service, ServiceEvent, ZitiContext, error_chain};
 
+use super::handle::{Control, TunnelStats};
 use super::hosting::Hosting;
 use super::relay::{Down, FlowPipe, FlowWaker, forward_up, relay_flow, relay_udp};
 use super::{
     CHUNK, DatagramDown, FLOW_QUEUE, MAX_UDP_FLOWS, READ_BATCH, TunnelError, TunnelIdentity,
-    UDP_QUEUE,
+    UDP_PRUNE, UDP_QUEUE,
 };
 use crate::intercept::{InterceptTable, TableChange};
 use crate::netlink::Netlink;
 use crate::stack::{FlowId, NetStack, NewFlow};
+
+/// A service event of the identity with this key.
+pub(super) type IdentityEvent = (usize, ServiceEvent);
+
+/// An identity of the running tunnel.
+pub(super) struct Member {
+    identity: TunnelIdentity,
+    /// Forwards its service events to the driver; aborting it stops the controller polls.
+    watcher: JoinHandle<()>,
+    /// Its services as last reported, so another identity can take over an intercept when this
+    /// one loses it.
+    services: HashMap<String, Service>,
+}
 
 pub(super) struct Driver {
     pub(super) tun: tun_rs::AsyncDevice,
@@ -27,11 +43,17 @@ pub(super) struct Driver {
     pub(super) netlink: Netlink,
     pub(super) stack: NetStack,
     pub(super) table: InterceptTable,
-    /// Which identity dials each intercepted service.
+    /// Which identity (key in `identities`) dials each intercepted service.
     pub(super) owner: HashMap<String, usize>,
     pub(super) routes: BTreeSet<(IpAddr, u8)>,
     pub(super) dns_table: DnsTable,
-    pub(super) identities: Vec<TunnelIdentity>,
+    /// The identities by key; keys are never reused, so events still queued from a removed
+    /// identity find no one.
+    pub(super) identities: BTreeMap<usize, Member>,
+    pub(super) next_identity: usize,
+    /// For the service watchers of identities added later.
+    pub(super) events_tx: mpsc::Sender<IdentityEvent>,
+    pub(super) refresh_interval: Duration,
     pub(super) flows: HashMap<FlowId, FlowPipe>,
     /// Datagrams towards each UDP flow's relay, keyed by (client, intercepted address).
     pub(super) udp_flows: HashMap<(SocketAddr, SocketAddr), mpsc::Sender<Bytes>>,
@@ -40,21 +62,30 @@ pub(super) struct Driver {
     pub(super) wake_tx: mpsc::UnboundedSender<FlowId>,
     pub(super) wake_rx: mpsc::UnboundedReceiver<FlowId>,
     pub(super) host_services: bool,
+    pub(super) hosts: Hosting,
+    /// The counters as last published.
+    pub(super) stats: watch::Sender<TunnelStats>,
+    pub(super) published: TunnelStats,
 }
 
 impl Driver {
     pub(super) async fn run(
         &mut self,
-        mut events: mpsc::Receiver<(usize, ServiceEvent)>,
+        mut events: mpsc::Receiver<IdentityEvent>,
         mut udp_down: mpsc::Receiver<DatagramDown>,
-        hosts: &mut Hosting,
+        mut control: mpsc::Receiver<Control>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), TunnelError> {
         tokio::pin!(shutdown);
         let mut packet = vec![0u8; 65536];
-        let mut events_open = true;
+        let mut next_prune = Instant::now() + UDP_PRUNE;
         loop {
             let now = Instant::now();
+            if now >= next_prune {
+                // Relays end by themselves when idle; their entries go here, not one by one.
+                self.udp_flows.retain(|_, tx| !tx.is_closed());
+                next_prune = now + UDP_PRUNE;
+            }
             self.stack.poll(now);
             self.start_new_flows();
             self.relay_datagrams();
@@ -67,13 +98,20 @@ impl Driver {
             }
             self.stack.poll(now);
             self.flush_tun().await?;
+            self.publish_stats();
 
             let delay = if self.stack.has_ready() {
                 Duration::ZERO
             } else {
-                self.stack
-                    .poll_delay(Instant::now())
-                    .unwrap_or(Duration::from_secs(3600))
+                let now = Instant::now();
+                let stack = self
+                    .stack
+                    .poll_delay(now)
+                    .unwrap_or(Duration::from_secs(3600));
+                match self.udp_flows.is_empty() {
+                    true => stack,
+                    false => stack.min(next_prune.saturating_duration_since(now)),
+                }
             };
             tokio::select! {
                 r = self.tun.recv(&mut packet) => {
@@ -93,10 +131,9 @@ impl Driver {
                     }
                 }
                 _ = tokio::time::sleep(delay) => {}
-                ev = events.recv(), if events_open => match ev {
-                    Some((index, ev)) => self.on_service_event(index, ev, hosts).await,
-                    None => events_open = false,
-                },
+                // Never closed: the driver holds a sender for identities added later.
+                Some((index, ev)) = events.recv() => self.on_service_event(index, ev).await,
+                Some(request) = control.recv() => self.on_control(request).await,
                 _ = &mut shutdown => return Ok(()),
             }
         }
@@ -188,8 +225,8 @@ impl Driver {
         let ctx = self
             .owner
             .get(&intercept.service)
-            .and_then(|i| self.identities.get(*i))
-            .map(|i| i.context.clone())?;
+            .and_then(|i| self.identities.get(i))
+            .map(|m| m.identity.context.clone())?;
         let opts = DialOptions {
             identity: intercept.dial_identity_for(protocol, dst, hostname.as_deref()),
             timeout: Some(intercept.connect_timeout),
@@ -311,41 +348,186 @@ impl Driver {
         }
     }
 
-    async fn on_service_event(&mut self, index: usize, event: ServiceEvent, hosts: &mut Hosting) {
-        let identity = self
-            .identities
-            .get(index)
-            .map(|i| i.name.clone())
-            .unwrap_or_default();
-        let service = event.service().clone();
+    async fn on_service_event(&mut self, index: usize, event: ServiceEvent) {
+        // Events still queued from an identity removed since are dropped here.
+        let Some(member) = self.identities.get_mut(&index) else {
+            return;
+        };
+        let identity = member.identity.name.clone();
+        let ctx = member.identity.context.clone();
         match &event {
             ServiceEvent::Added(s) | ServiceEvent::Changed(s) => {
                 tracing::info!(identity, service = %s.name, dial = s.permissions.dial, bind = s.permissions.bind, "service available");
-                let owned_elsewhere = self.owner.get(&s.name).is_some_and(|owner| *owner != index);
-                if !owned_elsewhere && self.table.apply_service(s) == TableChange::Changed {
-                    if self.table.get(&s.name).is_some() {
-                        self.owner.insert(s.name.clone(), index);
-                    } else {
-                        self.owner.remove(&s.name);
-                    }
+                member.services.insert(s.name.clone(), s.clone());
+                if self.claim(index, s) {
                     self.sync_names_and_routes().await;
                 }
-                if self.host_services
-                    && let Some(ctx) = self.identities.get(index).map(|i| i.context.clone())
-                {
-                    hosts.apply(ctx, index, s);
+                if self.host_services {
+                    self.hosts.apply(ctx, index, s);
                 }
             }
             ServiceEvent::Removed(s) => {
                 tracing::info!(identity, service = %s.name, "service no longer available");
-                if self.owner.get(&s.name) == Some(&index) {
-                    self.owner.remove(&s.name);
-                    if self.table.remove(&s.name) == TableChange::Changed {
-                        self.sync_names_and_routes().await;
-                    }
+                member.services.remove(&s.name);
+                if self.release(index, &s.name) {
+                    self.sync_names_and_routes().await;
                 }
-                hosts.stop(index, &service.name);
+                self.hosts.stop(index, &s.name);
             }
         }
+    }
+
+    /// Puts `service` as identity `index` sees it into the intercept table, unless another
+    /// identity owns its intercept. `true` if the table changed.
+    fn claim(&mut self, index: usize, service: &Service) -> bool {
+        if self.owner.get(&service.name).is_some_and(|o| *o != index) {
+            return false;
+        }
+        let changed = self.table.apply_service(service) == TableChange::Changed;
+        if self.table.get(&service.name).is_some() {
+            self.owner.insert(service.name.clone(), index);
+            return changed;
+        }
+        // No intercept or no dial permission any more: maybe another identity has them.
+        match self.owner.remove(&service.name) {
+            Some(_) => self.hand_over(&service.name) || changed,
+            None => changed,
+        }
+    }
+
+    /// Identity `index` no longer intercepts `service`; another identity that may dial it takes
+    /// it over. `true` if the table changed.
+    fn release(&mut self, index: usize, service: &str) -> bool {
+        if self.owner.get(service) != Some(&index) {
+            return false;
+        }
+        self.owner.remove(service);
+        let removed = self.table.remove(service) == TableChange::Changed;
+        // The owner's entry is gone from the table, so `hand_over` looks only at the others.
+        self.hand_over(service) || removed
+    }
+
+    /// Gives an unowned `service` to the first identity that has an intercept for it.
+    fn hand_over(&mut self, service: &str) -> bool {
+        let candidates: Vec<(usize, Service)> = self
+            .identities
+            .iter()
+            .filter_map(|(i, m)| m.services.get(service).map(|s| (*i, s.clone())))
+            .collect();
+        for (index, s) in candidates {
+            if self.owner.contains_key(service) {
+                break;
+            }
+            let changed = self.table.apply_service(&s) == TableChange::Changed;
+            if self.table.get(service).is_some() {
+                self.owner.insert(service.to_string(), index);
+                return changed;
+            }
+        }
+        false
+    }
+
+    /// Starts watching a new identity's services.
+    pub(super) fn add_identity(&mut self, identity: TunnelIdentity) -> Result<(), TunnelError> {
+        if self
+            .identities
+            .values()
+            .any(|m| m.identity.name == identity.name)
+        {
+            return Err(TunnelError::DuplicateIdentity(identity.name));
+        }
+        let index = self.next_identity;
+        self.next_identity += 1;
+        let mut rx = identity
+            .context
+            .controller()
+            .watch_services(self.refresh_interval);
+        let tx = self.events_tx.clone();
+        let watcher = tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                if tx.send((index, ev)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tracing::info!(identity = %identity.name, "identity added");
+        self.identities.insert(
+            index,
+            Member {
+                identity,
+                watcher,
+                services: HashMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops using an identity: its intercepts go (or pass to another identity), its hosting
+    /// stops. Its flows already open run on until they end.
+    async fn remove_identity(&mut self, name: &str) -> Result<(), TunnelError> {
+        let index = self
+            .identities
+            .iter()
+            .find(|(_, m)| m.identity.name == name)
+            .map(|(i, _)| *i)
+            .ok_or_else(|| TunnelError::NoSuchIdentity(name.to_string()))?;
+        if let Some(member) = self.identities.remove(&index) {
+            member.watcher.abort();
+        }
+        self.hosts.stop_identity(index);
+        let owned: Vec<String> = self
+            .owner
+            .iter()
+            .filter(|(_, o)| **o == index)
+            .map(|(s, _)| s.clone())
+            .collect();
+        let mut changed = false;
+        for service in owned {
+            changed |= self.release(index, &service);
+        }
+        if changed {
+            self.sync_names_and_routes().await;
+        }
+        tracing::info!(identity = %name, "identity removed");
+        Ok(())
+    }
+
+    async fn on_control(&mut self, request: Control) {
+        match request {
+            Control::AddIdentity(identity, reply) => {
+                let _ = reply.send(self.add_identity(identity));
+            }
+            Control::RemoveIdentity(name, reply) => {
+                let _ = reply.send(self.remove_identity(&name).await);
+            }
+        }
+    }
+
+    /// Publishes the counters if one changed (a few length reads per loop turn).
+    fn publish_stats(&mut self) {
+        let now = TunnelStats {
+            tcp_connections: self.flows.len(),
+            udp_flows: self.udp_flows.len(),
+            identities: self.identities.len(),
+            intercepted_services: self.owner.len(),
+            hosted_services: self.hosts.len(),
+        };
+        if now != self.published {
+            self.published = now;
+            self.stats.send_replace(now);
+        }
+    }
+
+    /// Undoes what the tunnel did to the system, but the TUN device (closed when the driver is
+    /// dropped): stops watching and hosting, removes the routes.
+    pub(super) async fn stop(&mut self) {
+        for member in self.identities.values() {
+            member.watcher.abort();
+        }
+        self.hosts.stop_all();
+        for (net, prefix) in std::mem::take(&mut self.routes) {
+            let _ = self.netlink.remove_route(net, prefix, self.if_index).await;
+        }
+        self.stats.send_replace(TunnelStats::default());
     }
 }

@@ -4,29 +4,33 @@
 //! current. Services the identities may bind and that carry a `host.v1`/`host.v2` config are
 //! hosted: each incoming Ziti connection is forwarded to the configured TCP address.
 //!
-//! Idle costs nothing: the driver sleeps until a packet, a flow's channel, a service event or a
-//! stack timer wakes it.
+//! Idle costs nothing: the driver sleeps until a packet, a flow's channel, a service event, a
+//! request from its [`TunnelHandle`](crate::tunnel::TunnelHandle) or a stack timer wakes it.
+//!
+//! [`TunnelBuilder`](crate::tunnel::TunnelBuilder) starts a tunnel in any network namespace, so
+//! one process can serve many; [`run`](crate::tunnel::run) runs one in the caller's namespace
+//! until a future completes.
 
-use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
-use ziti_dns::{DnsConfig, DnsServer, DnsTable, Ipv4Cidr, Ipv6Cidr, RunningServer, Upstreams};
-use ziti_sdk::{ZitiContext, error_chain};
+use ziti_dns::{Ipv4Cidr, Ipv6Cidr, Upstreams};
+use ziti_sdk::ZitiContext;
 
-use crate::intercept::InterceptTable;
-use crate::netlink::{Netlink, NetlinkError};
-use crate::stack::{NetStack, StackConfig};
+use crate::netlink::NetlinkError;
+use crate::stack::StackConfig;
 
+mod builder;
 mod driver;
+mod handle;
 mod hosting;
+mod netns;
 mod relay;
 mod routes;
 
-use driver::Driver;
-use hosting::Hosting;
+pub use builder::TunnelBuilder;
+pub use handle::{TunnelHandle, TunnelStats};
 
 /// Chunks in flight per direction per flow (each at most [`CHUNK`] bytes).
 const FLOW_QUEUE: usize = 8;
@@ -34,6 +38,8 @@ const FLOW_QUEUE: usize = 8;
 const CHUNK: usize = 32 * 1024;
 /// Service events waiting for the driver at most.
 const EVENT_QUEUE: usize = 256;
+/// Requests from the handle waiting for the driver at most.
+const CONTROL_QUEUE: usize = 16;
 /// Packets read from the TUN per wake-up at most (fairness towards the other work).
 const READ_BATCH: usize = 64;
 /// UDP flows (client address, intercepted address) at once at most.
@@ -42,6 +48,8 @@ const MAX_UDP_FLOWS: usize = 1024;
 const UDP_QUEUE: usize = 64;
 /// A UDP flow with no datagram either way for this long ends (and its Ziti connection closes).
 const UDP_IDLE: Duration = Duration::from_secs(60);
+/// How often flows whose relay ended are dropped from the UDP flow table (and its count).
+const UDP_PRUNE: Duration = Duration::from_secs(5);
 
 /// A datagram from a service: (intercepted address it came from, client, payload).
 type DatagramDown = (SocketAddr, SocketAddr, Bytes);
@@ -120,6 +128,29 @@ pub enum TunnelError {
     /// No identity to run with.
     #[error("no identities: give at least one identity file or a directory holding some")]
     NoIdentities,
+    /// The network namespace could not be opened or entered.
+    #[error(
+        "cannot enter network namespace {netns} (needs CAP_SYS_ADMIN and a namespace file such as /var/run/netns/NAME or /proc/PID/ns/net)"
+    )]
+    Netns {
+        /// The namespace as given (a path, or `fd N`).
+        netns: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Two identities of the tunnel would have the same name.
+    #[error("the tunnel has an identity named {0:?} already")]
+    DuplicateIdentity(String),
+    /// No identity of the tunnel has this name.
+    #[error("the tunnel has no identity named {0:?}")]
+    NoSuchIdentity(String),
+    /// The tunnel is not running any more.
+    #[error("the tunnel has stopped")]
+    Stopped,
+    /// The tunnel's task ended abnormally (it panicked, or its runtime shut down).
+    #[error("the tunnel's task failed")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// One identity the tunnel runs with.
@@ -131,8 +162,10 @@ pub struct TunnelIdentity {
     pub context: ZitiContext,
 }
 
-/// Runs a tunnel until `shutdown` completes. Creates the TUN device (in the calling thread's
-/// network namespace), the DNS server and the routes; removes them on return.
+/// Runs a tunnel in the caller's network namespace until `shutdown` completes (or the tunnel
+/// fails). Creates the TUN device, the DNS server and the routes; removes them on return.
+///
+/// A thin wrapper over [`TunnelBuilder`]; unlike the builder it wants at least one identity.
 pub async fn run(
     identities: Vec<TunnelIdentity>,
     config: TunnelConfig,
@@ -141,112 +174,17 @@ pub async fn run(
     if identities.is_empty() {
         return Err(TunnelError::NoIdentities);
     }
-    let own_addr = config.pool.dns_addr();
-    let tun = tun_rs::DeviceBuilder::new()
-        .name(&config.tun_name)
-        .ipv4(own_addr, config.pool.prefix(), None)
-        .mtu(config.mtu)
-        .build_async()
-        .map_err(|source| TunnelError::Tun {
-            name: config.tun_name.clone(),
-            source,
-        })?;
-    let if_index = tun.if_index().map_err(TunnelError::TunIo)?;
-    let netlink = Netlink::connect()?;
-    tracing::info!(device = %config.tun_name, address = %own_addr, pool = %config.pool, "TUN device up");
-    let ipv6_pool = config.ipv6_pool.filter(|p6| {
-        match tun.add_address_v6(p6.dns_addr(), p6.prefix()) {
-            Ok(()) => {
-                tracing::info!(address = %p6.dns_addr(), pool = %p6, "TUN device has IPv6");
-                true
-            }
-            Err(e) => {
-                tracing::warn!(pool = %p6, error = %error_chain(&e), "cannot give the TUN device an IPv6 address; intercepting IPv4 only");
-                false
-            }
-        }
-    });
-
-    let dns_table = match ipv6_pool {
-        Some(p6) => DnsTable::with_ipv6_pool(config.pool, p6),
-        None => DnsTable::new(config.pool),
+    let mut tunnel = TunnelBuilder::new()
+        .config(config)
+        .identities(identities)
+        .start()
+        .await?;
+    let ended = tokio::select! {
+        () = shutdown => None,
+        outcome = tunnel.wait() => Some(outcome),
     };
-    let dns_server: Option<RunningServer> = if config.dns {
-        let dns_config = DnsConfig {
-            listen: SocketAddr::new(IpAddr::V4(own_addr), 53),
-            pool: config.pool,
-            ipv6_pool,
-            upstreams: config.dns_upstreams.clone(),
-            ..DnsConfig::default()
-        };
-        let server = DnsServer::bind(&dns_config, dns_table.clone()).await?;
-        tracing::info!(listen = %server.local_addr(), "DNS server up");
-        Some(server.spawn())
-    } else {
-        None
-    };
-
-    let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
-    let (udp_down_tx, udp_down) = mpsc::channel(EVENT_QUEUE);
-    let mut watchers = Vec::new();
-    let mut hosts = Hosting::default();
-    for (index, id) in identities.iter().enumerate() {
-        let mut rx = id
-            .context
-            .controller()
-            .watch_services(config.refresh_interval);
-        let tx = events_tx.clone();
-        watchers.push(tokio::spawn(async move {
-            while let Some(ev) = rx.recv().await {
-                if tx.send((index, ev)).await.is_err() {
-                    break;
-                }
-            }
-        }));
+    match ended {
+        Some(outcome) => outcome,
+        None => tunnel.shutdown().await,
     }
-    drop(events_tx);
-
-    let (wake_tx, wake_rx) = mpsc::unbounded_channel();
-    let mut driver = Driver {
-        tun,
-        if_index,
-        netlink,
-        stack: NetStack::new(
-            StackConfig {
-                address: own_addr,
-                prefix: config.pool.prefix(),
-                ipv6: ipv6_pool.map(|p6| (p6.dns_addr(), p6.prefix())),
-                max_flows: config.max_connections,
-                tcp_buffer: config.tcp_buffer,
-                mtu: usize::from(config.mtu),
-                ..StackConfig::default()
-            },
-            Instant::now(),
-            rand::random(),
-        ),
-        table: InterceptTable::new(),
-        owner: HashMap::new(),
-        routes: BTreeSet::new(),
-        dns_table,
-        identities,
-        flows: HashMap::new(),
-        udp_flows: HashMap::new(),
-        udp_down_tx,
-        wake_tx,
-        wake_rx,
-        host_services: config.host,
-    };
-    let result = driver.run(events, udp_down, &mut hosts, shutdown).await;
-
-    for w in watchers {
-        w.abort();
-    }
-    hosts.stop_all();
-    for (net, prefix) in std::mem::take(&mut driver.routes) {
-        let _ = driver.netlink.remove_route(net, prefix, if_index).await;
-    }
-    if let Some(dns) = dns_server {
-        dns.shutdown().await;
-    }
-    result
 }
