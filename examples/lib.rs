@@ -1,1 +1,1 @@
-//! Runnable examples for `ziti-sdk`; see the `examples/` targets.
+//! Runnable examples for `ziti-sdk` and `ziti-tunnel`; see the `examples/` targets.
