@@ -64,6 +64,9 @@ pub struct StackConfig {
     pub max_tx_queue: usize,
     /// A flow still waiting for its handshake after this long is dropped.
     pub handshake_timeout: Duration,
+    /// A SYN held for a dial that has not answered after this long is refused (RST). The dial's
+    /// own timeout normally ends it first; this only bounds a dial that never reports.
+    pub hold_timeout: Duration,
     /// An established flow with no traffic from the client (not even keep-alive answers) for
     /// this long is aborted.
     pub idle_timeout: Duration,
@@ -85,6 +88,8 @@ impl Default for StackConfig {
             max_rx_queue: 1024,
             max_tx_queue: 1024,
             handshake_timeout: Duration::from_secs(20),
+            // Past the kernel's own SYN retries (about 127 s): the client has given up by then.
+            hold_timeout: Duration::from_secs(130),
             idle_timeout: Duration::from_secs(2 * 60 * 60),
             max_udp_queue: 1024,
         }
@@ -150,6 +155,8 @@ struct Flow {
     src: SocketAddr,
     dst: SocketAddr,
     created: Instant,
+    /// When the handshake was let through ([`NetStack::accept_flow`]).
+    opened: Instant,
     phase: Phase,
     /// Packets for this flow, waiting for its next poll.
     inbox: VecDeque<Vec<u8>>,
@@ -182,6 +189,8 @@ pub struct NetStack {
     next_id: u64,
     new_flows: VecDeque<NewFlow>,
     datagrams: VecDeque<Datagram>,
+    /// The latest time the caller gave (for operations that take none).
+    last_poll: Instant,
 }
 
 impl std::fmt::Debug for NetStack {
@@ -236,6 +245,7 @@ impl NetStack {
             next_id: 1,
             new_flows: VecDeque::new(),
             datagrams: VecDeque::new(),
+            last_poll: now,
         }
     }
 
@@ -340,7 +350,7 @@ impl NetStack {
         let handle = sockets.add(socket);
         let id = FlowId(self.next_id);
         self.next_id += 1;
-        let expires = now + self.config.handshake_timeout;
+        let expires = now + self.config.hold_timeout;
         self.flows.insert(
             id,
             Flow {
@@ -349,6 +359,7 @@ impl NetStack {
                 src,
                 dst,
                 created: now,
+                opened: now,
                 phase: Phase::Held,
                 inbox: VecDeque::new(),
                 timer: Some(expires),
@@ -376,6 +387,7 @@ impl NetStack {
         };
         if flow.phase == Phase::Held {
             flow.phase = Phase::Open;
+            flow.opened = self.last_poll.max(flow.created);
             mark(&mut self.dirty, id, flow);
         }
         true
@@ -463,6 +475,7 @@ impl NetStack {
     /// since the last poll, and those whose timer is due; answers stray packets. Returns
     /// `true` when some flow became ready ([`NetStack::poll_ready`]).
     pub fn poll(&mut self, now: Instant) -> bool {
+        self.last_poll = self.last_poll.max(now);
         let t = smol_now(self.epoch, now);
         let ready_before = self.ready.len();
         while !self.strays.is_empty() && self.device.tx.len() < self.config.max_tx_queue {
@@ -538,7 +551,7 @@ impl NetStack {
         let socket = flow.sockets.get::<tcp::Socket>(flow.handle);
         let handshake_timer =
             matches!(socket.state(), tcp::State::Listen | tcp::State::SynReceived)
-                .then(|| flow.created + self.config.handshake_timeout + Duration::from_millis(1));
+                .then(|| flow.opened + self.config.handshake_timeout + Duration::from_millis(1));
         let next = match (socket_timer, handshake_timer) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -225,6 +225,9 @@ fn handshake_that_never_completes_expires() {
     st.receive_packet(&syn, now, |_, _| true);
     st.poll(now);
     let id = st.poll_new_flow().unwrap().id;
+    assert!(st.accept_flow(id));
+    st.poll(now);
+    assert!(st.pop_transmit().is_some(), "SYN-ACK");
     let delay = st.poll_delay(now).unwrap();
     assert!(delay <= StackConfig::default().handshake_timeout + Duration::from_millis(1));
     let later = now + StackConfig::default().handshake_timeout + Duration::from_secs(1);
@@ -360,7 +363,7 @@ fn a_held_syn_expires_with_a_reset_and_is_reported() {
     let h = client.connect(SVC, 40102);
     pump_holding(&mut client, &mut st, now);
     let flow = st.poll_new_flow().expect("a new flow");
-    let timeout = StackConfig::default().handshake_timeout;
+    let timeout = StackConfig::default().hold_timeout;
     assert_eq!(st.poll_delay(now), Some(timeout));
     let later = now + timeout;
     st.poll(later);
