@@ -913,6 +913,8 @@ struct IdleRound {
     open_secs: f64,
     rss_before: Option<u64>,
     rss_with: Option<u64>,
+    /// RSS once they are closed and their circuits gone.
+    rss_after: Option<u64>,
     alive_after: usize,
 }
 
@@ -1173,7 +1175,7 @@ fn table(results: &Results, failures: &Failures, tunnelers: &[Tunneler], idle: u
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| tunneler | case | MiB/s median | MiB/s range (n) | tunneler CPU s/GiB | tunneler peak RSS MiB | router CPU s/GiB | Go host CPU s/GiB |"
+        "| tunneler | case | MiB/s median | MiB/s range (n) | tunneler CPU s/GiB | tunneler peak RSS MiB (lowest - highest run) | router CPU s/GiB | Go host CPU s/GiB |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     let mut cases = vec![Case::Up, Case::Down, Case::Multi];
@@ -1205,11 +1207,15 @@ fn table(results: &Results, failures: &Failures, tunnelers: &[Tunneler], idle: u
                     ),
                 )
             };
-            let peak = samples
-                .iter()
-                .filter_map(|s| s.peak_rss)
-                .max()
-                .map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+            // Lowest and highest: a later run's peak includes what the tunneler kept of the
+            // earlier cases' memory (the idle rounds' in particular).
+            let peaks: Vec<u64> = samples.iter().filter_map(|s| s.peak_rss).collect();
+            let peak = match (peaks.iter().min(), peaks.iter().max()) {
+                (Some(lo), Some(hi)) => {
+                    format!("{:.1} - {:.1}", *lo as f64 / 1024.0, *hi as f64 / 1024.0)
+                }
+                _ => "-".into(),
+            };
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -1236,7 +1242,7 @@ fn idle_table(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| tunneler | direction | MiB/s without | MiB/s with {idle} idle | ratio | idle conns open / failed / alive after (per round) | time to open them, s | tunneler RSS before -> with them, MiB (KiB per conn) |"
+        "| tunneler | direction | MiB/s without | MiB/s with {idle} idle | ratio | idle conns open / failed / alive after (per round) | time to open them, s | tunneler RSS before -> with them -> after closing, MiB (KiB per conn) |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     for t in tunnelers {
@@ -1255,9 +1261,11 @@ fn idle_table(
             .iter()
             .map(|r| match (r.rss_before, r.rss_with) {
                 (Some(b), Some(w)) => format!(
-                    "{:.1} -> {:.1} ({:.0})",
+                    "{:.1} -> {:.1} -> {} ({:.0})",
                     b as f64 / 1024.0,
                     w as f64 / 1024.0,
+                    r.rss_after
+                        .map_or("-".into(), |a| format!("{:.1}", a as f64 / 1024.0)),
                     (w as f64 - b as f64) / r.opened.max(1) as f64
                 ),
                 _ => "-".into(),
@@ -1471,10 +1479,14 @@ fn main() -> Result<()> {
                     open_secs,
                     rss_before,
                     rss_with,
+                    rss_after: None,
                     alive_after,
                 });
                 // The closed connections' circuits go away before the next measurement.
                 tokio::time::sleep(Duration::from_secs(5)).await;
+                if let Some(r) = rounds.get_mut(t).and_then(|r| r.last_mut()) {
+                    r.rss_after = proc_kib(pid, "VmRSS:");
+                }
             }
         }
         let logs: Vec<(Tunneler, String)> = bench
