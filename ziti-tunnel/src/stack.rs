@@ -10,15 +10,15 @@
 //!
 //! **Work proportional to what happened, not to what is open.** Each flow has its own smoltcp
 //! socket set holding its one socket. A packet is demultiplexed by its 4-tuple to its flow
-//! (one hash lookup) before smoltcp sees it, and [`NetStack::poll`] runs smoltcp only for the
+//! (one hash lookup) before smoltcp sees it, and [`NetStack::poll`](crate::stack::NetStack::poll) runs smoltcp only for the
 //! flows that received packets, were written to or read from, or whose timer is due (a timer
 //! set ordered by deadline). Flows whose state may have changed are reported once each through
-//! [`NetStack::poll_ready`], so the caller services those and no others.
+//! [`NetStack::poll_ready`](crate::stack::NetStack::poll_ready), so the caller services those and no others.
 //!
 //! **A SYN is held until the caller knows the service answers.** A SYN the classifier accepts
-//! opens a flow (reported by [`NetStack::poll_new_flow`]) but nothing is answered: the caller
-//! dials, then [`NetStack::accept_flow`] lets the handshake complete (SYN-ACK), or
-//! [`NetStack::refuse_flow`] answers the SYN with RST, so the application's `connect()` fails
+//! opens a flow (reported by [`NetStack::poll_new_flow`](crate::stack::NetStack::poll_new_flow)) but nothing is answered: the caller
+//! dials, then [`NetStack::accept_flow`](crate::stack::NetStack::accept_flow) lets the handshake complete (SYN-ACK), or
+//! [`NetStack::refuse_flow`](crate::stack::NetStack::refuse_flow) answers the SYN with RST, so the application's `connect()` fails
 //! with "connection refused" instead of a connection that is reset after it was accepted.
 //! Retransmitted SYNs of a held flow are absorbed.
 //!
