@@ -42,25 +42,41 @@ enum Command {
     Run(commands::RunArgs),
 }
 
-/// One glibc malloc arena for the whole process. glibc gives each thread that allocates under
-/// contention its own arena, and memory freed in one arena is not reused by another; with
-/// the runtime's worker threads moving buffers between them, a tunnel holding one unread
-/// connection grew 6160 KiB instead of 4644 KiB (measured by `ziti-tunnel/tests/tunnel_flow.rs`).
-/// A session sidecar runs many tunnels, so memory matters more here than allocator
-/// parallelism; per-thread caches still serve small allocations without the lock.
-/// `MALLOC_ARENA_MAX` in the environment still overrides it.
-fn limit_malloc_arenas() {
+/// glibc malloc tuned for a tunnel holding many mostly idle connections:
+///
+/// * One arena for the whole process. glibc gives each thread that allocates under contention
+///   its own arena, and memory freed in one arena is not reused by another; with the runtime's
+///   worker threads moving buffers between them, a tunnel holding one unread connection grew
+///   6160 KiB instead of 4644 KiB (measured by `ziti-tunnel/tests/tunnel_flow.rs`). Per-thread
+///   caches still serve small allocations without the lock.
+/// * Allocations of 64 KiB and more (each connection's two socket buffers) are their own
+///   mappings. They are allocated zeroed, so a mapping's pages become resident only as data
+///   passes through them, and they go back to the system when the connection closes. glibc's
+///   default (a threshold that rises after the first such buffer is freed) put them on the
+///   heap, where zeroing touched every page: 179 KiB of RSS per idle connection, kept after
+///   the connections closed (measured by `benches/src/bin/tunnel_bench.rs`).
+///
+/// `MALLOC_ARENA_MAX` / `MALLOC_MMAP_THRESHOLD_` in the environment still override these.
+fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
+    {
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+            unsafe {
+                libc::mallopt(libc::M_ARENA_MAX, 1);
+            }
+        }
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            // SAFETY: as above.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+            }
         }
     }
 }
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    tune_malloc();
     let cli = Cli::parse();
     if let Err(e) = logging::init(&cli.log_level, cli.log_file.as_deref()) {
         eprintln!("zt-tunnel: {}", ziti_sdk::error_chain(&e));

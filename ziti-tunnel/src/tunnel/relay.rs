@@ -5,13 +5,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use ziti_sdk::context::DialOptions;
 use ziti_sdk::{ZitiContext, error_chain};
 
 use super::{CHUNK, DatagramDown, UDP_IDLE};
+
+/// Smallest read from a Ziti stream (what an idle connection waits with).
+const MIN_READ: usize = 2 * 1024;
 use crate::stack::{FlowId, NetStack};
 
 /// Bytes or an end, towards the client.
@@ -123,13 +126,21 @@ pub(super) async fn relay_flow(
         wr.shutdown().await
     };
     let download = async {
-        let mut buf = vec![0u8; CHUNK];
+        // The read buffer grows while reads fill it and shrinks back when they do not, so an
+        // idle connection waits with a small one; each chunk goes down without another copy.
+        let mut size = MIN_READ;
         loop {
-            let n = rd.read(&mut buf).await?;
+            let mut buf = BytesMut::with_capacity(size);
+            let n = rd.read_buf(&mut buf).await?;
+            size = if n == size {
+                (size * 2).min(CHUNK)
+            } else {
+                (size / 2).max(MIN_READ)
+            };
             let msg = if n == 0 {
                 Down::Fin
             } else {
-                Down::Data(Bytes::copy_from_slice(&buf[..n]))
+                Down::Data(buf.freeze())
             };
             let fin = matches!(msg, Down::Fin);
             if down.send(msg).await.is_err() {
