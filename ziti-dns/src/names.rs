@@ -704,7 +704,9 @@ mod tests {
         let x = t.resolve_addrs("x.w.example").unwrap().unwrap();
         assert_eq!(x.v6, b.v6);
         assert_ne!(x.v4, b.v4, "fresh IPv4 addresses before released ones");
-        assert_eq!(t.lookup_ipv6(ip6("fd00:10::3")), Some("x.w.example"));
+        let x6 = x.v6.unwrap();
+        assert_eq!(t.lookup_ipv6(x6), Some("x.w.example"));
+        assert_eq!(t.lookup_ipv6(t.addrs("a.example").unwrap().v6.unwrap()), Some("a.example"));
     }
 
     #[test]
