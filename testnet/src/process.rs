@@ -3,8 +3,12 @@
 //! Every child runs in its own process group (so the whole tree can be signalled) and has
 //! `PR_SET_PDEATHSIG = SIGKILL`, so it dies with us even when a test panics or the test binary is
 //! killed. The kernel delivers the parent-death signal when the *thread* that forked exits, so all
-//! children are forked from one spawner thread that lives as long as the process.
+//! children are forked from a spawner thread that lives as long as the process: one per network
+//! namespace, because a child starts in its forking thread's namespace, and a test that runs its
+//! network in a namespace of its own ([`crate::in_new_netns`]) must get its processes there, even
+//! when another test of the same binary started the shared network in the host's.
 
+use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,26 +20,35 @@ use crate::TestNetError;
 
 type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
 
-fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
-    SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        std::thread::Builder::new()
-            .name("testnet-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
-                }
-                // The channel sender lives in a static, so this loop never ends; park forever
-                // anyway so that children keep their parent thread.
-                loop {
-                    std::thread::park();
-                }
-            })
-            .map(|_| ())
-            .unwrap_or_else(|e| eprintln!("testnet: cannot start spawner thread: {e}"));
-        Mutex::new(tx)
-    })
+/// The spawner of the calling thread's network namespace, started from this thread (so in
+/// that namespace) on first use.
+fn spawner() -> Result<mpsc::Sender<SpawnRequest>, TestNetError> {
+    static SPAWNERS: OnceLock<Mutex<HashMap<PathBuf, mpsc::Sender<SpawnRequest>>>> =
+        OnceLock::new();
+    let netns = std::fs::read_link("/proc/thread-self/ns/net").unwrap_or_default();
+    let mut spawners = SPAWNERS
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .map_err(|_| TestNetError::Io("spawner lock poisoned".into()))?;
+    if let Some(tx) = spawners.get(&netns) {
+        return Ok(tx.clone());
+    }
+    let (tx, rx) = mpsc::channel::<SpawnRequest>();
+    std::thread::Builder::new()
+        .name("testnet-spawner".into())
+        .spawn(move || {
+            for (mut cmd, reply) in rx {
+                let _ = reply.send(cmd.spawn());
+            }
+            // The channel sender lives in a static, so this loop never ends; park forever
+            // anyway so that children keep their parent thread.
+            loop {
+                std::thread::park();
+            }
+        })
+        .map_err(|e| TestNetError::Io(format!("cannot start spawner thread: {e}")))?;
+    spawners.insert(netns, tx.clone());
+    Ok(tx)
 }
 
 /// A running child process (and its process group), killed on drop.
@@ -69,9 +82,7 @@ impl ChildGuard {
             });
         }
         let (tx, rx) = mpsc::channel();
-        spawner()
-            .lock()
-            .map_err(|_| TestNetError::Io("spawner lock poisoned".into()))?
+        spawner()?
             .send((cmd, tx))
             .map_err(|_| TestNetError::Io("spawner thread is gone".into()))?;
         let child = rx
