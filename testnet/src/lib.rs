@@ -15,6 +15,7 @@
 //! When the `ziti` binary cannot be obtained every constructor fails with
 //! [`TestNetError::ZitiUnavailable`], whose message says how to get it: tests never skip silently.
 
+pub mod netns;
 pub mod process;
 pub mod ziti_bin;
 
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub use netns::in_new_netns;
 pub use process::ChildGuard;
 pub use ziti_bin::ZITI_VERSION;
 
@@ -545,6 +547,12 @@ impl TestNet {
             key_alg,
         ])?;
         Ok(())
+    }
+
+    /// Creates an identity with role attributes and enrolls it (EC key) into `out`.
+    pub fn enroll_identity(&self, name: &str, attrs: &[&str], out: &Path) -> Result<()> {
+        let jwt = self.create_identity(name, attrs)?;
+        self.cli_enroll(&jwt, out, "EC")
     }
 
     /// Creates a config of `config_type` with the given JSON.
