@@ -17,6 +17,33 @@ pub enum Upstreams {
     List(Vec<SocketAddr>),
 }
 
+/// What a query gets when its name is not intercepted and no upstream answers it (no
+/// upstream is configured, or every one failed): `--dnsUnanswerable` of the Go tunneler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unanswerable {
+    /// REFUSED: the client moves on to its next nameserver at once (the Go default).
+    Refused,
+    /// SERVFAIL.
+    Servfail,
+    /// No answer: the client times out and tries its next nameserver.
+    Timeout,
+}
+
+impl std::str::FromStr for Unanswerable {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "refused" => Ok(Unanswerable::Refused),
+            "servfail" => Ok(Unanswerable::Servfail),
+            "timeout" => Ok(Unanswerable::Timeout),
+            _ => Err(format!(
+                "invalid unanswerable response {s:?}: must be one of timeout, servfail, or refused"
+            )),
+        }
+    }
+}
+
 /// Invalid configuration.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -63,6 +90,9 @@ pub struct DnsConfig {
     pub max_tcp_connections: usize,
     /// A client TCP connection idle this long is closed.
     pub tcp_idle_timeout: Duration,
+    /// What unanswerable queries get; `None`: REFUSED when no upstream is configured,
+    /// SERVFAIL when the upstreams failed.
+    pub unanswerable: Option<Unanswerable>,
 }
 
 impl Default for DnsConfig {
@@ -78,6 +108,7 @@ impl Default for DnsConfig {
             ttl: 60,
             max_tcp_connections: 64,
             tcp_idle_timeout: Duration::from_secs(10),
+            unanswerable: None,
         }
     }
 }

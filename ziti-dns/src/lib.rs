@@ -57,7 +57,7 @@ pub mod upstream;
 pub mod wire;
 
 pub use answer::{AnswerPolicy, DnsCore, ForwardRequest, Outcome};
-pub use config::{ConfigError, DnsConfig, Upstreams};
+pub use config::{ConfigError, DnsConfig, Unanswerable, Upstreams};
 pub use forwarder::{ClientTransport, ForwardError, Forwarder};
 pub use names::{NameError, NamePattern, NameTable, PoolAddrs, TableError};
 pub use pool::{IpPool, Ipv4Cidr, PoolError};

@@ -17,7 +17,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::answer::{AnswerPolicy, DnsCore, ForwardRequest, Outcome};
-use crate::config::{ConfigError, DnsConfig};
+use crate::config::{ConfigError, DnsConfig, Unanswerable};
 use crate::forwarder::{ClientTransport, Forwarder};
 use crate::table::DnsTable;
 use crate::wire::rcode;
@@ -62,26 +62,36 @@ struct Context {
     core: DnsCore,
     forwarder: Option<Forwarder>,
     in_flight: Arc<Semaphore>,
+    unanswerable: Option<Unanswerable>,
 }
 
 impl Context {
-    /// The answer to a forwarded query, or SERVFAIL.
+    /// The answer to a forwarded query, or what an unanswerable one gets (`None`: nothing).
     async fn forward(
         &self,
         req: &ForwardRequest,
         transport: ClientTransport,
         _permit: OwnedSemaphorePermit,
-    ) -> Vec<u8> {
+    ) -> Option<Vec<u8>> {
         let answer = match &self.forwarder {
             Some(f) => f.resolve(req, transport).await,
-            None => return req.error_reply(rcode::REFUSED),
+            None => return self.unanswerable(req, rcode::REFUSED),
         };
         match answer {
-            Ok(bytes) => bytes,
+            Ok(bytes) => Some(bytes),
             Err(e) => {
                 debug!(error = %e, "forwarding failed");
-                req.error_reply(rcode::SERVFAIL)
+                self.unanswerable(req, rcode::SERVFAIL)
             }
+        }
+    }
+
+    fn unanswerable(&self, req: &ForwardRequest, default: u8) -> Option<Vec<u8>> {
+        match self.unanswerable {
+            None => Some(req.error_reply(default)),
+            Some(Unanswerable::Refused) => Some(req.error_reply(rcode::REFUSED)),
+            Some(Unanswerable::Servfail) => Some(req.error_reply(rcode::SERVFAIL)),
+            Some(Unanswerable::Timeout) => None,
         }
     }
 }
@@ -139,6 +149,7 @@ impl DnsServer {
                 core: DnsCore::new(table, policy),
                 forwarder,
                 in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+                unanswerable: config.unanswerable,
             }),
             tcp_slots: Arc::new(Semaphore::new(config.max_tcp_connections)),
             tcp_idle: config.tcp_idle_timeout,
@@ -267,8 +278,10 @@ async fn udp_loop(udp: Arc<UdpSocket>, ctx: Arc<Context>) -> Result<(), ServerEr
                 Ok(permit) => {
                     let (udp, ctx) = (Arc::clone(&udp), Arc::clone(&ctx));
                     tasks.spawn(async move {
-                        let answer = ctx.forward(&req, ClientTransport::Udp, permit).await;
-                        send_udp(&udp, &req.fit_udp(answer), peer).await;
+                        if let Some(answer) = ctx.forward(&req, ClientTransport::Udp, permit).await
+                        {
+                            send_udp(&udp, &req.fit_udp(answer), peer).await;
+                        }
                     });
                 }
                 Err(_) => send_udp(&udp, &req.error_reply(rcode::SERVFAIL), peer).await,
@@ -332,7 +345,11 @@ async fn serve_tcp(mut stream: TcpStream, ctx: &Context, idle: Duration) -> io::
             Outcome::Reply(reply) => reply,
             Outcome::Drop => return Ok(()),
             Outcome::Forward(req) => match Arc::clone(&ctx.in_flight).try_acquire_owned() {
-                Ok(permit) => ctx.forward(&req, ClientTransport::Tcp, permit).await,
+                Ok(permit) => match ctx.forward(&req, ClientTransport::Tcp, permit).await {
+                    Some(answer) => answer,
+                    // `--dnsUnanswerable timeout`: the client waits for nothing.
+                    None => continue,
+                },
                 Err(_) => req.error_reply(rcode::SERVFAIL),
             },
         };

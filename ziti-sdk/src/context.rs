@@ -36,7 +36,8 @@ use crate::edge::{DialFailure, Precedence};
 use crate::error_report::error_chain;
 use crate::identity::Identity;
 use crate::router::{
-    BindOptions, Binding, DialRequest, EdgeStream, RouterAddr, RouterError, RouterPool,
+    BindOptions, Binding, DialRequest, EdgeStream, IncomingDial, RouterAddr, RouterError,
+    RouterPool,
 };
 use crate::services::Service;
 use crate::session::{Session, SessionType};
@@ -94,6 +95,9 @@ pub struct ListenOptions {
     pub precedence: Precedence,
     /// Make this terminator addressable as `identity` (dialers use `dialOptions.identity`).
     pub identity: Option<String>,
+    /// Bind on at most this many of the offered routers (`listenOptions.maxConnections`);
+    /// `None`: every router.
+    pub max_terminators: Option<usize>,
 }
 
 /// Why a dial failed, in terms a person can act on. Every variant names the service; where
@@ -471,8 +475,12 @@ impl ZitiContext {
                 .encryption_required
                 .then(|| Arc::new(KeyPair::generate())),
         };
-        let (tx, rx) = mpsc::channel::<Result<EdgeStream, ListenError>>(ACCEPT_QUEUE);
-        let routers = router_addrs(&session);
+        let (tx, rx) = mpsc::channel::<Result<IncomingDial, ListenError>>(ACCEPT_QUEUE);
+        let (settings, settings_rx) = watch::channel((opts.cost, opts.precedence));
+        let mut routers = router_addrs(&session);
+        if let Some(max) = opts.max_terminators.filter(|m| *m > 0) {
+            routers.truncate(max);
+        }
         let mut failures = Vec::new();
         let mut bound_any = false;
         for router in routers {
@@ -494,6 +502,7 @@ impl ZitiContext {
                 bind_opts.clone(),
                 first,
                 tx.clone(),
+                settings_rx.clone(),
             ));
         }
         if !bound_any {
@@ -513,6 +522,7 @@ impl ZitiContext {
         Ok(ZitiListener {
             service: name.to_string(),
             incoming: rx,
+            settings,
         })
     }
 
@@ -533,15 +543,16 @@ async fn supervise_binding(
     ctx: ZitiContext,
     router: RouterAddr,
     svc: Service,
-    opts: BindOptions,
+    mut opts: BindOptions,
     mut current: Option<Binding>,
-    accepted: mpsc::Sender<Result<EdgeStream, ListenError>>,
+    accepted: mpsc::Sender<Result<IncomingDial, ListenError>>,
+    mut settings: watch::Receiver<(u16, Precedence)>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
         if let Some(binding) = current.take() {
             backoff = Duration::from_millis(100);
-            match serve_binding(binding, &accepted).await {
+            match serve_binding(binding, &accepted, &mut settings).await {
                 ServeEnd::ListenerDropped => return,
                 ServeEnd::Lost(e) => {
                     tracing::warn!(service = %svc.name, router = %router.name, reason = %error_chain(&e), "binding lost; re-binding");
@@ -583,6 +594,7 @@ async fn supervise_binding(
                 continue;
             }
         };
+        (opts.cost, opts.precedence) = *settings.borrow_and_update();
         match ctx.bind_on(&router, &svc, &session, &opts).await {
             Ok(b) => {
                 tracing::info!(service = %svc.name, router = %router.name, "re-bound");
@@ -602,11 +614,17 @@ enum ServeEnd {
 
 async fn serve_binding(
     mut binding: Binding,
-    accepted: &mpsc::Sender<Result<EdgeStream, ListenError>>,
+    accepted: &mpsc::Sender<Result<IncomingDial, ListenError>>,
+    settings: &mut watch::Receiver<(u16, Precedence)>,
 ) -> ServeEnd {
     loop {
         let dial = tokio::select! {
             d = binding.next_dial() => d,
+            Ok(()) = settings.changed() => {
+                let (cost, precedence) = *settings.borrow_and_update();
+                binding.update(Some(cost), Some(precedence));
+                continue;
+            }
             _ = accepted.closed() => {
                 binding.unbind().await;
                 return ServeEnd::ListenerDropped;
@@ -629,27 +647,26 @@ async fn serve_binding(
                 return ServeEnd::ListenerDropped;
             }
         };
-        // Accept off the binding's loop so one slow accept does not delay the next dial.
-        tokio::spawn(async move {
-            match dial.accept().await {
-                Ok(stream) => {
-                    permit.send(Ok(stream));
-                }
-                Err(e) => tracing::warn!(error = %error_chain(&e), "accepting a dial failed"),
-            }
-        });
+        // The listener's owner accepts or rejects it (`ZitiListener::accept` / `next_dial`).
+        permit.send(Ok(dial));
     }
 }
 
 /// Incoming connections for a hosted service. Dropping it unbinds.
 ///
-/// Also a [`futures::Stream`] of `Result<EdgeStream, ListenError>`: an `Err` says why hosting
-/// ended (the service was deleted, or this identity may no longer bind it), then the stream
-/// ends.
+/// [`accept`](Self::accept) takes every dial; [`next_dial`](Self::next_dial) hands each one
+/// over undecided, so a host can look at who dials and with what app data, connect to its
+/// server, and only then accept, or reject with a reason the dialer sees.
+///
+/// Also a [`futures::Stream`] of `Result<EdgeStream, ListenError>` (accepting every dial): an
+/// `Err` says why hosting ended (the service was deleted, or this identity may no longer bind
+/// it), then the stream ends.
 #[derive(Debug)]
 pub struct ZitiListener {
     service: String,
-    incoming: mpsc::Receiver<Result<EdgeStream, ListenError>>,
+    incoming: mpsc::Receiver<Result<IncomingDial, ListenError>>,
+    /// Terminator cost and precedence, watched by every binding.
+    settings: watch::Sender<(u16, Precedence)>,
 }
 
 impl ZitiListener {
@@ -661,6 +678,28 @@ impl ZitiListener {
     /// The next accepted connection; `None` once hosting has stopped (the stream interface
     /// says why).
     pub async fn accept(&mut self) -> Option<EdgeStream> {
+        loop {
+            let dial = self.next_dial().await?;
+            match dial.accept_now() {
+                Ok(stream) => return Some(stream),
+                Err(e) => {
+                    tracing::warn!(service = %self.service, error = %error_chain(&e), "accepting a dial failed")
+                }
+            }
+        }
+    }
+
+    /// Changes the cost and precedence of every terminator of this listener, in place
+    /// (UpdateBind), and of those re-created later. A health check marks a host failed with
+    /// [`Precedence::Failed`] and healthy again with the precedence it started with.
+    pub fn update_terminators(&self, cost: u16, precedence: Precedence) {
+        self.settings.send_replace((cost, precedence));
+    }
+
+    /// The next dial, not yet answered: call [`IncomingDial::accept`] or
+    /// [`IncomingDial::reject`] soon (the router gives up on it after its dial timeout).
+    /// `None` once hosting has stopped.
+    pub async fn next_dial(&mut self) -> Option<IncomingDial> {
         self.incoming.recv().await?.ok()
     }
 }
@@ -672,7 +711,18 @@ impl futures::Stream for ZitiListener {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        self.incoming.poll_recv(cx)
+        loop {
+            let Some(next) = std::task::ready!(self.incoming.poll_recv(cx)) else {
+                return std::task::Poll::Ready(None);
+            };
+            match next.map(IncomingDial::accept_now) {
+                Ok(Ok(stream)) => return std::task::Poll::Ready(Some(Ok(stream))),
+                Ok(Err(e)) => {
+                    tracing::warn!(service = %self.service, error = %error_chain(&e), "accepting a dial failed")
+                }
+                Err(end) => return std::task::Poll::Ready(Some(Err(end))),
+            }
+        }
     }
 }
 

@@ -48,7 +48,7 @@ pub use router::EdgeStream;
 pub use controller::{ApiToken, AuthMethod, Controller, ControllerConfig, ControllerError};
 pub use enroll::{EnrollError, EnrollKeyType, EnrollOptions, enroll};
 pub use services::{Service, ServiceEvent};
-pub use session::{EdgeRouter, Session, SessionType};
+pub use session::{CurrentIdentity, EdgeRouter, Session, SessionType};
 
 // ---- data-plane core re-exports ----
 pub use channel::{FrameDecoder, FrameError, Headers, Message};

@@ -28,6 +28,23 @@ impl SessionType {
     }
 }
 
+/// The authenticated identity as the controller describes it (`GET /current-identity`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct CurrentIdentity {
+    /// Identity id (also the certificate's common name).
+    pub id: String,
+    /// The name an administrator gave it (`ziti edge create identity NAME`).
+    pub name: String,
+    /// Terminator precedence for services it hosts, unless a config says otherwise.
+    #[serde(default)]
+    pub default_hosting_precedence: Option<String>,
+    /// Terminator cost for services it hosts, unless a config says otherwise.
+    #[serde(default)]
+    pub default_hosting_cost: Option<u16>,
+}
+
 /// An edge router an identity may use.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -208,6 +225,12 @@ impl Controller {
     pub fn invalidate_session(&self, service_id: &str, session_type: SessionType) {
         self.session_cache()
             .remove(&(service_id.to_string(), session_type));
+    }
+
+    /// `GET /current-identity`: who the controller knows this identity as.
+    pub async fn current_identity(&self) -> Result<CurrentIdentity, ControllerError> {
+        let (data, _): (CurrentIdentity, _) = self.get_data("current-identity").await?;
+        Ok(data)
     }
 
     /// `GET /current-identity/edge-routers`: every router this identity may use.

@@ -135,6 +135,14 @@ impl Binding {
         }
     }
 
+    /// Changes the terminator's cost and/or precedence in place (UpdateBind).
+    pub fn update(&self, cost: Option<u16>, precedence: Option<Precedence>) {
+        let (bind, token) = (self.bind_id, self.token.clone());
+        let _ = self
+            .conn
+            .with(|s| s.ch.update_bind(bind, &token, cost, precedence));
+    }
+
     /// Removes the terminator.
     pub async fn unbind(self) {
         // Drop does it.
@@ -167,6 +175,11 @@ impl IncomingDial {
     /// Accepts: answers DialSuccess on the router-provided connection id and (for encrypted
     /// services) sends our stream header first.
     pub async fn accept(self) -> Result<EdgeStream, RouterError> {
+        self.accept_now()
+    }
+
+    /// [`accept`](Self::accept) without awaiting: answering only queues a message.
+    pub fn accept_now(self) -> Result<EdgeStream, RouterError> {
         let (bind, keypair) = (self.bind_id, self.keypair.clone());
         let request = &self.request;
         let id = self

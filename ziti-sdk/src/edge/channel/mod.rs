@@ -36,7 +36,7 @@ use rand::{Rng, RngCore, SeedableRng};
 
 use super::{
     BindRequest, CloseReason, ConnError, ConnEvent, ConnIdAllocator, ConnState, ConnectRequest,
-    ContentType, Dial, DialFailure, EdgeConn, StateClosed, header,
+    ContentType, Dial, DialFailure, EdgeConn, Precedence, StateClosed, header,
 };
 use crate::channel::{self, FrameDecoder, FrameError, HelloResult, Limits, Message, Sequencer};
 use crate::e2ee::KeyPair;
@@ -724,6 +724,21 @@ impl Channel {
                 self.seq.stamp(&mut m);
                 self.encode(&m);
             }
+        }
+    }
+
+    /// Changes a bind's terminator cost and/or precedence (UpdateBind; no reply).
+    pub fn update_bind(
+        &mut self,
+        bind: u32,
+        session_token: &str,
+        cost: Option<u16>,
+        precedence: Option<Precedence>,
+    ) {
+        if self.phase == Phase::Open && self.slots.contains_key(&bind) {
+            let mut m = super::update_bind(bind, session_token, cost, precedence);
+            self.seq.stamp(&mut m);
+            self.encode(&m);
         }
     }
 
