@@ -233,8 +233,12 @@ pub struct RunArgs {
     #[arg(long)]
     no_dns: bool,
     /// Do not host the services the identities may bind.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "host_only")]
     no_host: bool,
+    /// Only host the services the identities may bind: no TUN device, no DNS server, no
+    /// intercepts, no privileges needed (like `ziti tunnel host`).
+    #[arg(long)]
+    host_only: bool,
     /// TCP connections through the tunnel at once at most; more are refused.
     #[arg(long, default_value_t = 65_536)]
     max_connections: usize,
@@ -288,6 +292,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             files.len()
         );
     }
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    if args.host_only {
+        let refresh = std::time::Duration::from_secs(args.refresh.max(1));
+        ziti_tunnel::tunnel::host_only(identities, refresh, shutdown).await?;
+        return Ok(());
+    }
     let pool: ziti_dns::Ipv4Cidr = args
         .dns_ip_range
         .parse()
@@ -322,21 +346,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         host: !args.no_host,
         max_connections: args.max_connections.max(1),
         tcp_buffer: args.tcp_buffer_kib.clamp(4, 16 * 1024) * 1024,
-    };
-    let shutdown = async {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("shutting down");
     };
     let mut builder = TunnelBuilder::new().config(config).identities(identities);
     if let Some(netns) = args.netns {

@@ -14,6 +14,8 @@ use std::time::Duration;
 use ziti_sdk::Service;
 use ziti_sdk::services::{InterceptAddress, InterceptV1, PortRange, Protocol};
 
+use crate::app_data::{AppData, FlowAddrs};
+
 /// One service's intercept: what it captures and how to dial it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Intercept {
@@ -30,6 +32,9 @@ pub struct Intercept {
     pub dial_identity: Option<String>,
     /// How long a dial may take.
     pub connect_timeout: Duration,
+    /// `sourceIp`: the source address the host should use, possibly with `$src_ip`,
+    /// `$src_port`, `$dst_ip`, `$dst_port` placeholders; sent as app data `source_addr`.
+    pub source_ip: Option<String>,
 }
 
 impl Intercept {
@@ -55,28 +60,18 @@ impl Intercept {
                 .and_then(|o| o.identity.clone())
                 .filter(|i| !i.is_empty()),
             connect_timeout: config.connect_timeout(),
+            source_ip: config.source_ip.clone().filter(|s| !s.is_empty()),
         }
     }
 
-    /// The terminator identity to dial for a flow to `dst`, placeholders filled in.
-    pub fn dial_identity_for(
-        &self,
-        protocol: Protocol,
-        dst: SocketAddr,
-        hostname: Option<&str>,
-    ) -> Option<String> {
-        let template = self.dial_identity.as_ref()?;
-        let proto = match protocol {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        };
-        Some(
-            template
-                .replace("$dst_hostname", hostname.unwrap_or(""))
-                .replace("$dst_ip", &dst.ip().to_string())
-                .replace("$dst_port", &dst.port().to_string())
-                .replace("$dst_protocol", proto),
-        )
+    /// The terminator identity to dial for `flow`, placeholders filled in.
+    pub fn dial_identity_for(&self, flow: &FlowAddrs) -> Option<String> {
+        self.dial_identity.as_deref().map(|t| flow.expand(t))
+    }
+
+    /// The app data for a dial of `flow`: what was intercepted, and `sourceIp` filled in.
+    pub fn app_data_for(&self, flow: &FlowAddrs) -> AppData {
+        AppData::for_flow(flow, self.source_ip.as_deref().map(|t| flow.expand(t)))
     }
 
     fn captures_port(&self, protocol: Protocol, port: u16) -> bool {
@@ -273,6 +268,7 @@ mod tests {
             }],
             dial_identity: None,
             connect_timeout: Duration::from_secs(5),
+            source_ip: None,
         }
     }
 
@@ -404,11 +400,20 @@ mod tests {
     fn dial_identity_placeholders() {
         let mut i = intercept("s", &["*.corp"], (1, 65535), &[Protocol::Tcp]);
         i.dial_identity = Some("host-$dst_hostname-$dst_ip-$dst_port-$dst_protocol".into());
+        i.source_ip = Some("$src_ip:$src_port".into());
+        let flow = FlowAddrs {
+            protocol: Protocol::Tcp,
+            src: dst("100.64.0.1:5000"),
+            dst: dst("100.64.0.3:22"),
+            hostname: Some("a.corp".into()),
+        };
         assert_eq!(
-            i.dial_identity_for(Protocol::Tcp, dst("100.64.0.3:22"), Some("a.corp"))
-                .as_deref(),
+            i.dial_identity_for(&flow).as_deref(),
             Some("host-a.corp-100.64.0.3-22-tcp")
         );
+        let app = i.app_data_for(&flow);
+        assert_eq!(app.get("source_addr"), Some("100.64.0.1:5000"));
+        assert_eq!(app.get("dst_hostname"), Some("a.corp"));
     }
 
     #[test]

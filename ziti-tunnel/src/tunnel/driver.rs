@@ -20,6 +20,7 @@ use super::{
     CHUNK, DatagramDown, FLOW_QUEUE, MAX_UDP_FLOWS, READ_BATCH, TunnelError, TunnelIdentity,
     UDP_PRUNE, UDP_QUEUE,
 };
+use crate::app_data::FlowAddrs;
 use crate::intercept::{InterceptTable, TableChange};
 use crate::netlink::Netlink;
 use crate::stack::{FlowId, NetStack, NewFlow};
@@ -194,7 +195,7 @@ impl Driver {
                     continue;
                 }
             }
-            let Some((service, ctx, opts)) = self.dial_target(Protocol::Udp, d.dst) else {
+            let Some((service, ctx, opts)) = self.dial_target(Protocol::Udp, d.src, d.dst) else {
                 continue;
             };
             let (tx, rx) = mpsc::channel(UDP_QUEUE);
@@ -214,10 +215,12 @@ impl Driver {
         }
     }
 
-    /// The service, identity and dial options for a flow to `dst`, if it is intercepted.
+    /// The service, identity and dial options (with the flow's app data) for a flow from
+    /// `src` to `dst`, if it is intercepted.
     fn dial_target(
         &self,
         protocol: Protocol,
+        src: SocketAddr,
         dst: SocketAddr,
     ) -> Option<(String, ZitiContext, DialOptions)> {
         let hostname = self.dns_table.lookup_ip(dst.ip());
@@ -227,17 +230,24 @@ impl Driver {
             .get(&intercept.service)
             .and_then(|i| self.identities.get(i))
             .map(|m| m.identity.context.clone())?;
+        let flow = FlowAddrs {
+            protocol,
+            src,
+            dst,
+            hostname,
+        };
         let opts = DialOptions {
-            identity: intercept.dial_identity_for(protocol, dst, hostname.as_deref()),
+            identity: intercept.dial_identity_for(&flow),
             timeout: Some(intercept.connect_timeout),
+            app_data: Some(intercept.app_data_for(&flow).to_json()),
             ..DialOptions::default()
         };
-        tracing::debug!(service = %intercept.service, %dst, host = ?hostname, ?protocol, "intercepted");
+        tracing::debug!(service = %intercept.service, %dst, host = ?flow.hostname, ?protocol, "intercepted");
         Some((intercept.service.clone(), ctx, opts))
     }
 
     fn start_flow(&mut self, flow: NewFlow) {
-        let Some((service, ctx, opts)) = self.dial_target(Protocol::Tcp, flow.dst) else {
+        let Some((service, ctx, opts)) = self.dial_target(Protocol::Tcp, flow.src, flow.dst) else {
             self.stack.refuse_flow(flow.id);
             return;
         };

@@ -2,7 +2,8 @@
 //! [`NetStack`](crate::stack::NetStack); each intercepted flow gets a task that dials its service and moves bytes over bounded channels;
 //! service updates from every identity keep the intercept table, the DNS names and the routes
 //! current. Services the identities may bind and that carry a `host.v1`/`host.v2` config are
-//! hosted: each incoming Ziti connection is forwarded to the configured TCP address.
+//! hosted: each incoming Ziti connection goes to the TCP or UDP server its config and the
+//! dialer's app data name. [`host_only`] hosts without a TUN device and without privileges.
 //!
 //! Idle costs nothing: the driver sleeps until a packet, a flow's channel, a service event, a
 //! request from its [`TunnelHandle`](crate::tunnel::TunnelHandle) or a stack timer wakes it.
@@ -24,6 +25,7 @@ use crate::stack::StackConfig;
 mod builder;
 mod driver;
 mod handle;
+mod host_only;
 mod hosting;
 mod netns;
 mod relay;
@@ -31,6 +33,7 @@ mod routes;
 
 pub use builder::TunnelBuilder;
 pub use handle::{TunnelHandle, TunnelStats};
+pub use host_only::host_only;
 
 /// Chunks in flight per direction per flow (each at most [`CHUNK`] bytes).
 const FLOW_QUEUE: usize = 8;

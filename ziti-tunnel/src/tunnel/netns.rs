@@ -136,6 +136,24 @@ impl NetnsThread {
         .await
         .map_err(io::Error::other)?
     }
+    /// A UDP socket bound inside the namespace (any address, any port) for sending to `addr`
+    /// from there; non-blocking, ready for [`tokio::net::UdpSocket::from_std`].
+    pub(super) async fn udp_socket(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> io::Result<std::net::UdpSocket> {
+        self.run(move || {
+            let any: std::net::SocketAddr = match addr {
+                std::net::SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+                std::net::SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+            };
+            let socket = std::net::UdpSocket::bind(any)?;
+            socket.set_nonblocking(true)?;
+            Ok(socket)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
 }
 
 #[cfg(test)]
