@@ -706,7 +706,10 @@ mod tests {
         assert_ne!(x.v4, b.v4, "fresh IPv4 addresses before released ones");
         let x6 = x.v6.unwrap();
         assert_eq!(t.lookup_ipv6(x6), Some("x.w.example"));
-        assert_eq!(t.lookup_ipv6(t.addrs("a.example").unwrap().v6.unwrap()), Some("a.example"));
+        assert_eq!(
+            t.lookup_ipv6(t.addrs("a.example").unwrap().v6.unwrap()),
+            Some("a.example")
+        );
     }
 
     #[test]
