@@ -270,6 +270,18 @@ impl ZitiContext {
         let controller =
             Controller::connect(&identity, ControllerConfig::with_auth_method(options.auth))
                 .await?;
+        Self::from_controller(&identity, controller, options).await
+    }
+
+    /// Builds a context on a controller connection opened with [`Controller::connect`] for
+    /// `identity`, authenticating first unless it already has an API session. The controller's
+    /// own configuration decides the authentication method; `options.auth` is not used. Lets a
+    /// caller tell "controller unreachable" from "authentication failed".
+    pub async fn from_controller(
+        identity: &Identity,
+        controller: Controller,
+        options: ContextOptions,
+    ) -> Result<Self, ContextError> {
         let token = controller.current_access_token().await?;
         let oidc = token.kind() == TokenKind::Oidc;
         let tls = Arc::new(identity.rustls_client_config(&[b"ziti-edge"])?);

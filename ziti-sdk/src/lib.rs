@@ -17,6 +17,8 @@ pub mod controller;
 pub mod enroll;
 /// Identity files (`ztAPI`, `id.cert`/`id.key`/`id.ca`) and the TLS material they hold.
 pub mod identity;
+/// Reachability probes (TCP + TLS against the identity's CA) for troubleshooting.
+pub mod probe;
 /// Services and their config types (`intercept.v1`, `host.v1`, `host.v2`, ...), change events.
 pub mod services;
 /// Dial/Bind sessions and edge-router lists.

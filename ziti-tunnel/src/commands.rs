@@ -143,7 +143,8 @@ fn access(s: &Service) -> &'static str {
     }
 }
 
-fn intercept_text(s: &Service) -> String {
+/// An intercept config in one line: `addresses [ports] protocols` (`-` without one).
+pub(crate) fn intercept_text(s: &Service) -> String {
     let Some(i) = s.configs.intercept() else {
         return "-".into();
     };

@@ -5,9 +5,11 @@
 //! zt-tunnel services -i alice.json                 # what alice may dial/bind, with intercepts
 //! zt-tunnel dial -i alice.json echo < req.txt      # stdin -> service -> stdout
 //! zt-tunnel run --identity-dir /etc/ziti/identities  # TUN intercept + DNS + hosting
+//! zt-tunnel doctor -i alice.json --service echo    # step-by-step check; exit 0 or 10+step
 //! ```
 
 mod commands;
+mod doctor;
 mod logging;
 
 use std::path::PathBuf;
@@ -40,6 +42,11 @@ enum Command {
     /// Run the tunneler: intercept the identities' services through a TUN device, answer their
     /// names in DNS, and host the services they may bind.
     Run(commands::RunArgs),
+    /// Check an identity step by step; the exit status names the first failing step.
+    ///
+    /// Steps: identity, controller, authentication, services, (service,) edge routers, (dial).
+    /// One OK/FAIL line per step.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// glibc malloc tuned for a tunnel holding many mostly idle connections:
@@ -94,14 +101,16 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Enroll(args) => commands::enroll(args).await,
-            Command::Services(args) => commands::services(args).await,
-            Command::Dial(args) => commands::dial(args).await,
-            Command::Run(args) => commands::run(args).await,
+            Command::Enroll(args) => commands::enroll(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Services(args) => commands::services(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Dial(args) => commands::dial(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Run(args) => commands::run(args).await.map(|()| ExitCode::SUCCESS),
+            // The doctor reports its own failures, one line per step, and picks the exit code.
+            Command::Doctor(args) => Ok(ExitCode::from(doctor::run(args).await)),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("zt-tunnel: {e:#}");

@@ -127,6 +127,23 @@ pub enum KeyType {
     Rsa(usize),
 }
 
+/// When a certificate may be used: its `notBefore` and `notAfter` dates as Unix time (seconds,
+/// UTC), both inclusive as in X.509.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertificateValidity {
+    /// First second the certificate is valid (`notBefore`).
+    pub not_before: i64,
+    /// Last second the certificate is valid (`notAfter`).
+    pub not_after: i64,
+}
+
+impl CertificateValidity {
+    /// `true` if `unix_secs` lies within the validity period.
+    pub fn contains(&self, unix_secs: i64) -> bool {
+        self.not_before <= unix_secs && unix_secs <= self.not_after
+    }
+}
+
 /// A loaded OpenZiti identity.
 ///
 /// `Debug` never prints the private key.
@@ -316,6 +333,17 @@ impl Identity {
     /// Client certificate chain as DER (leaf first).
     pub fn cert_chain_der(&self) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
         parse_certs(&self.cert_pem, "certificate")
+    }
+
+    /// Validity period of the client certificate (the leaf, first in `id.cert`). Loading an
+    /// identity does not check the dates; a controller refuses an expired certificate.
+    pub fn certificate_validity(&self) -> Result<CertificateValidity, IdentityError> {
+        let chain = self.cert_chain_der()?;
+        let leaf = chain.first().ok_or(IdentityError::InvalidPem {
+            what: "certificate",
+            reason: "no certificate found".into(),
+        })?;
+        tls::validity(leaf)
     }
 
     /// CA bundle as DER certificates.

@@ -220,3 +220,19 @@ fn client_config_trusts_only_id_ca() {
     assert_eq!(cfg.alpn_protocols, vec![b"ziti-edge".to_vec()]);
     assert!(cfg.client_auth_cert_resolver.has_certs());
 }
+
+#[test]
+fn certificate_validity_reads_the_leaf_dates() {
+    let ca = TestCa::new("test-ca");
+    let cert = ca.client_cert("id-dates", keys::P256_PKCS8);
+    let id =
+        Identity::from_pem("https://127.0.0.1:1280", &cert, keys::P256_PKCS8, &ca.pem).unwrap();
+    let v = id.certificate_validity().unwrap();
+    // rcgen's defaults: 1975-01-01 to 4096-01-01, both at midnight UTC.
+    assert_eq!(v.not_before, 157_766_400);
+    assert_eq!(v.not_after, 67_090_118_400);
+    assert!(v.contains(1_800_000_000));
+    assert!(!v.contains(v.not_before - 1));
+    assert!(!v.contains(v.not_after + 1));
+    assert!(v.contains(v.not_after));
+}

@@ -77,6 +77,19 @@ pub(super) fn leaf_summary(leaf: &CertificateDer<'_>) -> Result<(String, KeyType
     Ok((name, key_type))
 }
 
+/// Validity period of a certificate.
+pub(super) fn validity(
+    cert: &CertificateDer<'_>,
+) -> Result<super::CertificateValidity, IdentityError> {
+    let (_, cert) = X509Certificate::from_der(cert)
+        .map_err(|e| IdentityError::Certificate(X509Error::from(e)))?;
+    let v = cert.validity();
+    Ok(super::CertificateValidity {
+        not_before: v.not_before.timestamp(),
+        not_after: v.not_after.timestamp(),
+    })
+}
+
 /// Accepts any server certificate. Only used for the very first enrollment request, whose sole
 /// purpose is to learn the controller's leaf certificate; nothing secret is sent over it and the
 /// leaf is then authenticated by the JWT signature.

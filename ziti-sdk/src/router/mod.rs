@@ -9,6 +9,7 @@ mod pool;
 mod stream;
 
 pub use bind::{BindOptions, Binding, IncomingDial};
+pub(crate) use connection::parse_router_url;
 pub use connection::{ConnectParams, RouterConnection};
 pub use dial::DialRequest;
 pub use pool::{RouterAddr, RouterPool};
