@@ -375,6 +375,48 @@ impl TestNet {
         Ok(())
     }
 
+    /// Kills the controller (for tests of a controller that is down). The router, and the
+    /// clients, keep running. [`TestNet::start_controller`] brings it back.
+    pub fn stop_controller(&self) -> Result<()> {
+        let mut c = self
+            .controller
+            .lock()
+            .map_err(|_| TestNetError::Io("controller lock poisoned".into()))?;
+        c.kill();
+        Ok(())
+    }
+
+    /// Starts the controller again with its database (after [`TestNet::stop_controller`]) and
+    /// waits until it answers.
+    pub fn start_controller(&self) -> Result<()> {
+        let mut c = self
+            .controller
+            .lock()
+            .map_err(|_| TestNetError::Io("controller lock poisoned".into()))?;
+        if c.is_running() {
+            return Ok(());
+        }
+        let mut cmd = Command::new(&self.ziti);
+        cmd.args([
+            "edge",
+            "quickstart",
+            "--no-router",
+            "--instance-id",
+            QS_INSTANCE,
+        ])
+        .arg("--home")
+        .arg(self.home.path().join("quickstart"))
+        .args(["--ctrl-address", "127.0.0.1", "--ctrl-port"])
+        .arg(self.ctrl_port.to_string())
+        .env("ZITI_CONFIG_DIR", &self.cli_dir)
+        .env("HOME", self.home.path());
+        let mut guard =
+            ChildGuard::spawn("controller", cmd, &self.home.path().join("controller.log"))?;
+        wait_for_controller(&mut guard, self.ctrl_port)?;
+        *c = guard;
+        Ok(())
+    }
+
     /// Kills the edge router process (for reconnect tests). [`TestNet::start_router`] brings it back.
     pub fn stop_router(&self) -> Result<()> {
         let mut slot = self

@@ -383,15 +383,23 @@ impl ZitiContext {
                 .await
                 .map_err(|e| map_session_error(name, e))?;
             let routers = router_addrs(&session);
-            let conn =
-                self.inner
-                    .pool
-                    .select(&routers)
-                    .await
-                    .map_err(|e| DialError::NoEdgeRouters {
+            let conn = match self.inner.pool.select(&routers).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // A session taken while its routers were away (a controller restart, a
+                    // router not yet reconnected) is not kept: the next try asks afresh.
+                    self.inner
+                        .controller
+                        .invalidate_session(&svc.id, SessionType::Dial);
+                    if !last_attempt {
+                        continue;
+                    }
+                    return Err(DialError::NoEdgeRouters {
                         service: name.to_string(),
                         source: DialCause::Router(e),
-                    })?;
+                    });
+                }
+            };
             let req = DialRequest {
                 service: name.to_string(),
                 session_token: session.token.clone(),

@@ -76,7 +76,7 @@ pub async fn enroll(args: EnrollArgs) -> anyhow::Result<()> {
     };
     let identity = enroll_to_file(jwt.trim(), opts, &args.identity)
         .await
-        .with_context(|| format!("enrolling with {}", args.jwt.display()))?;
+        .with_context(|| format!("failed to enroll with {}", args.jwt.display()))?;
     tracing::info!(identity = %identity.name(), file = %args.identity.display(), "enrolled");
     println!(
         "enrolled {} -> {}",
@@ -198,10 +198,15 @@ fn service_json(s: &Service) -> serde_json::Value {
     })
 }
 
-/// `zt-tunnel run`.
+/// `zt-tunnel run` (also `zt-tunnel tunnel run`, the Go tunneler's `ziti tunnel run` with the
+/// binary swapped). Go's flag names work with Go's meaning; ours are kept beside them.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Load every identity (`*.json`) in this directory.
+    /// An identity file (as `ziti tunnel run <config>`); same as `--identity`.
+    #[arg(value_name = "IDENTITY")]
+    identity_file: Option<PathBuf>,
+    /// Load every identity (`*.json`) in this directory, and follow files added, changed or
+    /// removed while running.
     #[arg(long = "identity-dir", short = 'I')]
     identity_dir: Option<PathBuf>,
     /// An identity file; may be repeated.
@@ -213,8 +218,10 @@ pub struct RunArgs {
     /// MTU of the TUN device.
     #[arg(long, default_value_t = 9000)]
     mtu: u16,
-    /// Pool for intercepted hostnames; its first address is the TUN's and the DNS server's.
+    /// Pool for intercepted hostnames; its first address is the TUN's and the DNS server's
+    /// (Go: `-d/--dnsSvcIpRange`).
     #[arg(
+        short = 'd',
         long = "dns-ip-range",
         alias = "dnsSvcIpRange",
         default_value = "100.64.0.0/10"
@@ -226,10 +233,26 @@ pub struct RunArgs {
     /// Intercept IPv4 only: no IPv6 address on the TUN and no AAAA answers.
     #[arg(long)]
     no_ipv6: bool,
-    /// Upstream resolver for other names (IP or IP:port); may be repeated. Default: the
-    /// nameservers of /etc/resolv.conf.
-    #[arg(long = "dns-upstream", alias = "resolver")]
+    /// Upstream resolvers for names that are not intercepted: `IP`, `IP:port`,
+    /// `udp://IP:port` or `tcp://IP:port`; repeat or comma-separate (Go: `--dnsUpstream`).
+    /// Default: the nameservers of /etc/resolv.conf.
+    #[arg(long = "dns-upstream", alias = "dnsUpstream", value_delimiter = ',')]
     dns_upstream: Vec<String>,
+    /// How several upstreams are asked (Go: `--dnsUpstreamMode`): zt-tunnel asks them one at a
+    /// time in order (`failover`/`serial`); `parallel` and `random` are accepted and served
+    /// the same way.
+    #[arg(long = "dnsUpstreamMode", value_parser = ["parallel", "serial", "failover", "random"])]
+    dns_upstream_mode: Option<String>,
+    /// What a query gets when its name is not intercepted and no upstream answers it:
+    /// `refused`, `servfail` or `timeout` (no answer) (Go: `--dnsUnanswerable`). Default:
+    /// REFUSED without upstreams, SERVFAIL when they failed.
+    #[arg(long = "dnsUnanswerable", alias = "dns-unanswerable")]
+    dns_unanswerable: Option<ziti_dns::Unanswerable>,
+    /// Where the DNS server also listens, besides the pool's first address (Go:
+    /// `-r/--resolver`, default `udp://127.0.0.1:53`). A default address that is taken is
+    /// skipped with a warning; one given here must work. `none`: only the pool address.
+    #[arg(short = 'r', long = "resolver")]
+    resolver: Option<String>,
     /// Do not run the intercepting DNS server.
     #[arg(long)]
     no_dns: bool,
@@ -246,53 +269,79 @@ pub struct RunArgs {
     /// Receive and send buffer of each intercepted TCP connection, KiB.
     #[arg(long, default_value_t = 128)]
     tcp_buffer_kib: usize,
-    /// Seconds between checks for service changes.
-    #[arg(long, default_value_t = 60)]
+    /// Seconds between checks for service changes (Go: `--svcPollRate`).
+    #[arg(long, alias = "svcPollRate", default_value_t = 15)]
     refresh: u64,
     /// Run the TUN device, routes and DNS server in this network namespace
     /// (`/var/run/netns/NAME` or `/proc/PID/ns/net`); controller and router connections stay
     /// in zt-tunnel's own. Default: zt-tunnel's own namespace.
     #[arg(long)]
     netns: Option<PathBuf>,
+    /// Accepted for `ziti tunnel run` compatibility; zt-tunnel has no CLI agent (use
+    /// `zt-tunnel status`).
+    #[arg(long = "cli-agent", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    _cli_agent: Option<bool>,
+    /// Accepted for compatibility; no effect.
+    #[arg(long = "cli-agent-addr", hide = true)]
+    _cli_agent_addr: Option<String>,
+    /// Accepted for compatibility; no effect.
+    #[arg(long = "cli-agent-alias", hide = true)]
+    _cli_agent_alias: Option<String>,
+    /// Accepted for compatibility: zt-tunnel always uses SDK flow control where the router
+    /// offers it.
+    #[arg(long = "sdk-flow-control", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    _sdk_flow_control: Option<bool>,
+    /// Accepted for compatibility; no effect.
+    #[arg(long = "default-connections", hide = true)]
+    _default_connections: Option<u8>,
+    /// Accepted for compatibility; no effect.
+    #[arg(long = "control-connections", hide = true)]
+    _control_connections: Option<u8>,
 }
+
+impl RunArgs {
+    /// The same arguments in host-only mode (`ziti tunnel host`).
+    pub fn host_only(mut self) -> Self {
+        self.host_only = true;
+        self.no_host = false;
+        self
+    }
+}
+
+/// Where `-r/--resolver` puts the DNS server by default, as the Go tunneler does.
+const GO_RESOLVER: &str = "udp://127.0.0.1:53";
 
 /// Runs the tunneler until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    use ziti_tunnel::tunnel::{TunnelBuilder, TunnelConfig, TunnelIdentity};
+    use crate::identity_source::{IdentityChange, IdentitySource};
+    use ziti_tunnel::tunnel::{TunnelBuilder, TunnelConfig};
 
     let mut files = args.identity.clone();
-    if let Some(dir) = &args.identity_dir {
-        let entries = std::fs::read_dir(dir)
-            .with_context(|| format!("reading identity directory {}", dir.display()))?;
-        let mut found: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json") && p.is_file())
-            .collect();
-        found.sort();
-        files.extend(found);
-    }
-    let mut identities = Vec::new();
-    for file in &files {
-        match ZitiContext::from_file(file).await {
-            Ok(context) => {
-                let name = file
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                tracing::info!(identity = %name, file = %file.display(), "identity loaded");
-                identities.push(TunnelIdentity { name, context });
-            }
-            Err(e) => {
-                tracing::error!(file = %file.display(), error = %error_chain(&e), "cannot load identity; skipping it")
-            }
-        }
-    }
-    if identities.is_empty() {
+    files.extend(args.identity_file.clone());
+    if files.is_empty() && args.identity_dir.is_none() {
         anyhow::bail!(
-            "no usable identity (looked at {} file(s)); give --identity FILE or --identity-dir DIR",
-            files.len()
+            "failed to start ziti tunnel: no identity; give --identity FILE, a file argument or --identity-dir DIR"
         );
     }
+    if let Some(dir) = &args.identity_dir
+        && !dir.is_dir()
+    {
+        anyhow::bail!(
+            "failed to start ziti tunnel: identity directory {} does not exist",
+            dir.display()
+        );
+    }
+    if let Some(mode) = &args.dns_upstream_mode
+        && (mode == "parallel" || mode == "random")
+    {
+        tracing::info!(mode, "upstream resolvers are asked one at a time, in order");
+    }
+    let refresh = std::time::Duration::from_secs(args.refresh.max(1));
+    let source = IdentitySource {
+        files,
+        dir: args.identity_dir.clone(),
+        retry_cap: refresh.min(std::time::Duration::from_secs(30)),
+    };
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -309,14 +358,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
     };
     if args.host_only {
-        let refresh = std::time::Duration::from_secs(args.refresh.max(1));
-        ziti_tunnel::tunnel::host_only(identities, refresh, shutdown).await?;
+        // Host-only takes the identities that authenticate within the first retries.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let watcher = source.spawn(tx);
+        let mut identities = Vec::new();
+        let collect = async {
+            while let Some(change) = rx.recv().await {
+                if let IdentityChange::Ready(id) = change {
+                    identities.push(id);
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), collect).await;
+        watcher.abort();
+        ziti_tunnel::tunnel::host_only(identities, refresh, shutdown)
+            .await
+            .context("failed to start ziti tunnel")?;
         return Ok(());
     }
     let pool: ziti_dns::Ipv4Cidr = args
         .dns_ip_range
         .parse()
-        .with_context(|| format!("--dns-ip-range {}", args.dns_ip_range))?;
+        .with_context(|| format!("--dnsSvcIpRange {}", args.dns_ip_range))?;
     let ipv6_pool: Option<ziti_dns::Ipv6Cidr> = if args.no_ipv6 {
         None
     } else {
@@ -332,9 +395,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ziti_dns::Upstreams::List(
             args.dns_upstream
                 .iter()
+                .filter(|u| !u.trim().is_empty())
                 .map(|u| parse_upstream(u))
                 .collect::<anyhow::Result<Vec<_>>>()?,
         )
+    };
+    let (resolver, resolver_required) = match args.resolver.as_deref() {
+        Some("none") => (None, false),
+        Some(r) => (Some(parse_resolver(r)?), true),
+        None => (Some(parse_resolver(GO_RESOLVER)?), false),
     };
     let config = TunnelConfig {
         tun_name: args.tun_name,
@@ -343,20 +412,45 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ipv6_pool,
         dns: !args.no_dns,
         dns_upstreams,
-        refresh_interval: std::time::Duration::from_secs(args.refresh.max(1)),
+        dns_unanswerable: args.dns_unanswerable,
+        dns_extra_listen: resolver.map(|addr| (addr, resolver_required)),
+        refresh_interval: refresh,
         host: !args.no_host,
         max_connections: args.max_connections.max(1),
         tcp_buffer: args.tcp_buffer_kib.clamp(4, 16 * 1024) * 1024,
     };
-    let mut builder = TunnelBuilder::new().config(config).identities(identities);
+    let mut builder = TunnelBuilder::new().config(config);
     if let Some(netns) = args.netns {
         builder = builder.netns_path(netns);
     }
-    let mut tunnel = builder.start().await?;
-    let ended = tokio::select! {
-        () = shutdown => None,
-        outcome = tunnel.wait() => Some(outcome),
+    let mut tunnel = builder
+        .start()
+        .await
+        .context("failed to start ziti tunnel")?;
+    let (tx, mut changes) = tokio::sync::mpsc::channel(64);
+    let watcher = source.spawn(tx);
+    tokio::pin!(shutdown);
+    let ended = loop {
+        tokio::select! {
+            () = &mut shutdown => break None,
+            outcome = tunnel.wait() => break Some(outcome),
+            change = changes.recv() => match change {
+                Some(IdentityChange::Ready(identity)) => {
+                    let name = identity.name.clone();
+                    if let Err(e) = tunnel.add_identity(identity).await {
+                        tracing::error!(identity = %name, error = %error_chain(&e), "cannot add identity");
+                    }
+                }
+                // Not there yet (never authenticated) is fine.
+                Some(IdentityChange::Gone(name)) if tunnel.remove_identity(&name).await.is_ok() => {
+                    tracing::info!(identity = %name, "identity removed");
+                }
+                Some(IdentityChange::Gone(_)) => {}
+                None => {}
+            },
+        }
     };
+    watcher.abort();
     match ended {
         Some(outcome) => outcome?,
         None => tunnel.shutdown().await?,
@@ -364,12 +458,32 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `udp://IP:port` (or `IP:port`, `IP`) where the DNS server listens.
+fn parse_resolver(s: &str) -> anyhow::Result<std::net::SocketAddr> {
+    let rest = s
+        .strip_prefix("udp://")
+        .or_else(|| s.strip_prefix("tcp://"))
+        .unwrap_or(s);
+    if let Ok(a) = rest.parse::<std::net::SocketAddr>() {
+        return Ok(a);
+    }
+    let ip: std::net::IpAddr = rest
+        .parse()
+        .with_context(|| format!("--resolver {s:?} is not udp://IP:port"))?;
+    Ok(std::net::SocketAddr::new(ip, 53))
+}
+
 fn parse_upstream(s: &str) -> anyhow::Result<std::net::SocketAddr> {
+    // UDP first, TCP after a truncated answer, whichever scheme is given.
+    let s = s.trim();
+    let s = s
+        .strip_prefix("udp://")
+        .or_else(|| s.strip_prefix("tcp://"))
+        .unwrap_or(s);
     if let Ok(a) = s.parse::<std::net::SocketAddr>() {
         return Ok(a);
     }
     let ip: std::net::IpAddr = s
-        .trim_start_matches("udp://")
         .parse()
         .with_context(|| format!("DNS upstream {s:?} is not an IP or IP:port"))?;
     Ok(std::net::SocketAddr::new(ip, 53))

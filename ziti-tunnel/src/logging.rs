@@ -26,7 +26,8 @@ pub enum LoggingError {
 /// Installs the global subscriber. `level` is a default such as `info` or `debug`; `RUST_LOG`
 /// takes precedence when set. With `file`, logs are appended there (created 0600) instead of
 /// stderr.
-pub fn init(level: &str, file: Option<&Path>) -> Result<(), LoggingError> {
+/// `json`: one JSON object per line, as `--log-formatter json`.
+pub fn init(level: &str, file: Option<&Path>, json: bool) -> Result<(), LoggingError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
             "{level},hyper=warn,reqwest=warn,rustls=warn,h2=warn"
@@ -48,9 +49,16 @@ pub fn init(level: &str, file: Option<&Path>) -> Result<(), LoggingError> {
         }
         None => BoxMakeWriter::new(std::io::stderr),
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
+        .with_writer(writer);
+    if json {
+        return builder
+            .json()
+            .try_init()
+            .map_err(|_| LoggingError::AlreadySet);
+    }
+    builder
         .with_ansi(file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init()
         .map_err(|_| LoggingError::AlreadySet)

@@ -10,6 +10,7 @@
 
 mod commands;
 mod doctor;
+mod identity_source;
 mod logging;
 
 use std::path::PathBuf;
@@ -27,6 +28,12 @@ struct Cli {
     /// Default log level (trace, debug, info, warn, error); RUST_LOG overrides.
     #[arg(long, global = true, default_value = "info", env = "ZT_LOG_LEVEL")]
     log_level: String,
+    /// Debug logging; the same as `--log-level debug` (Go: `-v/--verbose`).
+    #[arg(short = 'v', long, global = true)]
+    verbose: bool,
+    /// Log format: `text` (default) or `json` (`pretty` is text) (Go: `--log-formatter`).
+    #[arg(long = "log-formatter", global = true, value_parser = ["json", "pretty", "text"])]
+    log_formatter: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,6 +54,22 @@ enum Command {
     /// Steps: identity, controller, authentication, services, (service,) edge routers, (dial).
     /// One OK/FAIL line per step.
     Doctor(doctor::DoctorArgs),
+    /// The Go tunneler's command tree, for callers that run `ziti tunnel run ...`: `tunnel run`
+    /// is `run`, `tunnel host` is `run --host-only`.
+    #[command(hide = true)]
+    Tunnel {
+        #[command(subcommand)]
+        command: TunnelCommand,
+    },
+}
+
+/// `zt-tunnel tunnel ...`.
+#[derive(Debug, Subcommand)]
+enum TunnelCommand {
+    /// As `zt-tunnel run`.
+    Run(commands::RunArgs),
+    /// As `zt-tunnel run --host-only`.
+    Host(commands::RunArgs),
 }
 
 /// glibc malloc tuned for a tunnel holding many mostly idle connections:
@@ -85,7 +108,13 @@ fn tune_malloc() {
 fn main() -> ExitCode {
     tune_malloc();
     let cli = Cli::parse();
-    if let Err(e) = logging::init(&cli.log_level, cli.log_file.as_deref()) {
+    let level = if cli.verbose {
+        "debug"
+    } else {
+        cli.log_level.as_str()
+    };
+    let json = cli.log_formatter.as_deref() == Some("json");
+    if let Err(e) = logging::init(level, cli.log_file.as_deref(), json) {
         eprintln!("zt-tunnel: {}", ziti_sdk::error_chain(&e));
         return ExitCode::FAILURE;
     }
@@ -104,7 +133,15 @@ fn main() -> ExitCode {
             Command::Enroll(args) => commands::enroll(args).await.map(|()| ExitCode::SUCCESS),
             Command::Services(args) => commands::services(args).await.map(|()| ExitCode::SUCCESS),
             Command::Dial(args) => commands::dial(args).await.map(|()| ExitCode::SUCCESS),
-            Command::Run(args) => commands::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Run(args)
+            | Command::Tunnel {
+                command: TunnelCommand::Run(args),
+            } => commands::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Tunnel {
+                command: TunnelCommand::Host(args),
+            } => commands::run(args.host_only())
+                .await
+                .map(|()| ExitCode::SUCCESS),
             // The doctor reports its own failures, one line per step, and picks the exit code.
             Command::Doctor(args) => Ok(ExitCode::from(doctor::run(args).await)),
         }

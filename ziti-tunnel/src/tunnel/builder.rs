@@ -188,10 +188,13 @@ impl TunnelBuilder {
             dns,
         } = devices;
         let tun = tun_rs::AsyncDevice::new(tun).map_err(TunnelError::TunIo)?;
-        let dns = dns.map(|server| {
-            span.in_scope(|| tracing::info!(listen = %server.local_addr(), "DNS server up"));
-            server.spawn()
-        });
+        let dns: Vec<_> = dns
+            .into_iter()
+            .map(|server| {
+                span.in_scope(|| tracing::info!(listen = %server.local_addr(), "DNS server up"));
+                server.spawn()
+            })
+            .collect();
         let own_addr = config.pool.dns_addr();
 
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
@@ -251,8 +254,8 @@ impl TunnelBuilder {
                     tracing::error!(error = %error_chain(e), "tunnel failed");
                 }
                 driver.stop().await;
-                if let Some(dns) = dns {
-                    dns.shutdown().await;
+                for server in dns {
+                    server.shutdown().await;
                 }
                 // Dropping the driver closes the TUN device, which takes it out of the system.
                 drop(driver);
@@ -280,7 +283,8 @@ struct Devices {
     /// The IPv6 pool, if the TUN device took its address.
     ipv6_pool: Option<Ipv6Cidr>,
     dns_table: DnsTable,
-    dns: Option<DnsServer>,
+    /// The DNS servers: the pool address's, and the extra listen address's if any.
+    dns: Vec<DnsServer>,
 }
 
 /// Creates the TUN device with its addresses, the netlink connection and the bound DNS server,
@@ -317,19 +321,31 @@ async fn open_devices(config: TunnelConfig) -> Result<Devices, TunnelError> {
         Some(p6) => DnsTable::with_ipv6_pool(config.pool, p6),
         None => DnsTable::new(config.pool),
     };
-    let dns = match config.dns {
-        true => {
-            let dns_config = DnsConfig {
-                listen: SocketAddr::new(IpAddr::V4(own_addr), 53),
-                pool: config.pool,
-                ipv6_pool,
-                upstreams: config.dns_upstreams.clone(),
-                ..DnsConfig::default()
+    let mut dns = Vec::new();
+    if config.dns {
+        let dns_config = DnsConfig {
+            listen: SocketAddr::new(IpAddr::V4(own_addr), 53),
+            pool: config.pool,
+            ipv6_pool,
+            upstreams: config.dns_upstreams.clone(),
+            unanswerable: config.dns_unanswerable,
+            ..DnsConfig::default()
+        };
+        dns.push(DnsServer::bind(&dns_config, dns_table.clone()).await?);
+        if let Some((listen, required)) = config.dns_extra_listen {
+            let extra = DnsConfig {
+                listen,
+                ..dns_config
             };
-            Some(DnsServer::bind(&dns_config, dns_table.clone()).await?)
+            match DnsServer::bind(&extra, dns_table.clone()).await {
+                Ok(server) => dns.push(server),
+                Err(e) if !required => {
+                    tracing::warn!(%listen, error = %error_chain(&e), "the DNS server does not listen here too (the address is taken or missing)");
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        false => None,
-    };
+    }
     Ok(Devices {
         tun,
         if_index,

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ziti_dns::{Ipv4Cidr, Ipv6Cidr, Upstreams};
+use ziti_dns::{Ipv4Cidr, Ipv6Cidr, Unanswerable, Upstreams};
 use ziti_sdk::ZitiContext;
 
 use crate::netlink::NetlinkError;
@@ -75,6 +75,12 @@ pub struct TunnelConfig {
     pub dns: bool,
     /// Where the DNS server forwards names it does not intercept.
     pub dns_upstreams: Upstreams,
+    /// What queries no upstream answers get (`None`: REFUSED without upstreams, SERVFAIL
+    /// when they failed).
+    pub dns_unanswerable: Option<Unanswerable>,
+    /// A second address the DNS server listens on (the Go tunneler's `--resolver`, such as
+    /// `127.0.0.1:53`), and whether the tunnel must fail when it cannot (`false`: a warning).
+    pub dns_extra_listen: Option<(SocketAddr, bool)>,
     /// How often each identity's services are polled for changes.
     pub refresh_interval: Duration,
     /// Host the services the identities may bind.
@@ -96,6 +102,8 @@ impl Default for TunnelConfig {
             ipv6_pool: Some(Ipv6Cidr::DEFAULT),
             dns: true,
             dns_upstreams: Upstreams::System,
+            dns_unanswerable: None,
+            dns_extra_listen: None,
             refresh_interval: ziti_sdk::services::DEFAULT_REFRESH_INTERVAL,
             host: true,
             max_connections: StackConfig::default().max_flows,
