@@ -552,10 +552,15 @@ async fn checks(
         }
     };
     let kind = if ctx.uses_oidc() { "OIDC" } else { "legacy" };
+    // The name an administrator gave it, when the controller says (the certificate has the id).
+    let who = match ctx.controller().current_identity().await {
+        Ok(me) => format!("{} (id {})", me.name, me.id),
+        Err(_) => format!("id {}", identity.name()),
+    };
     emit(
         report,
         Step::Authentication,
-        Outcome::Ok(format!("authenticated as id {} ({kind})", identity.name())),
+        Outcome::Ok(format!("authenticated as {who} ({kind})")),
     );
 
     // 4. services

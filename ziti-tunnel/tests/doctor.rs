@@ -153,7 +153,7 @@ fn doctor_names_the_failing_step() {
 
     // The host: this process, through the SDK, until the test ends.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let _listener = rt.block_on(async {
+    let mut listener = rt.block_on(async {
         let ctx = ziti_sdk::ZitiContext::from_file(&host).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -167,6 +167,8 @@ fn doctor_names_the_failing_step() {
             }
         }
     });
+    // Dials are answered as the host takes them.
+    rt.spawn(async move { while listener.accept().await.is_some() {} });
 
     // Healthy: every step OK, with and without --service.
     let run = doctor(&client, Some(&hosted));
