@@ -254,6 +254,13 @@ pub struct RunArgs {
     /// in zt-tunnel's own. Default: zt-tunnel's own namespace.
     #[arg(long)]
     netns: Option<PathBuf>,
+    /// Serve `zt-tunnel status` and log level changes on this Unix socket (mode 0600, removed
+    /// on exit), e.g. `/run/zt-tunnel/<tun-name>.sock`. Default: none.
+    #[arg(long, value_name = "PATH", conflicts_with = "host_only")]
+    status_socket: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464. Default: none.
+    #[arg(long, value_name = "ADDR", conflicts_with = "host_only")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// Runs the tunneler until SIGINT or SIGTERM.
@@ -352,7 +359,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(netns) = args.netns {
         builder = builder.netns_path(netns);
     }
+    let listeners = crate::control::bind(args.status_socket.as_deref(), args.metrics).await?;
     let mut tunnel = builder.start().await?;
+    let _serving = listeners.serve(tunnel.monitor());
     let ended = tokio::select! {
         () = shutdown => None,
         outcome = tunnel.wait() => Some(outcome),

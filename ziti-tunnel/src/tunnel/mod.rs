@@ -30,10 +30,15 @@ mod hosting;
 mod netns;
 mod relay;
 mod routes;
+mod status;
 
 pub use builder::TunnelBuilder;
-pub use handle::{TunnelHandle, TunnelStats};
+pub use handle::{TunnelHandle, TunnelMonitor, TunnelStats};
 pub use host_only::host_only;
+pub use status::{
+    DialCounts, DialOutcome, FlowStatus, HostingStatus, IdentityStatus, InterceptStatus,
+    RouterStatus, ServiceStatus, TunnelStatus, TunnelTotals,
+};
 
 /// Chunks in flight per direction per flow (each at most [`CHUNK`] bytes).
 const FLOW_QUEUE: usize = 8;
