@@ -3,12 +3,13 @@
 //! answered over HTTP, while a flow through the TUN is open.
 //!
 //! Proven here: the status shows the identity authenticated, its connected router, the
-//! intercepted service hosted by the Go tunneler, and the open flow with at least the bytes
-//! that went through it each way; `/metrics` shows the same bytes, the open flow and the
-//! successful dial; a dial to a service nobody hosts counts as `no_terminators`;
-//! `zt-tunnel status --log-level debug` turns on debug lines in the running tunnel's log file,
-//! where there were none before; the socket is mode 0600, refuses bad and overlong requests,
-//! and is removed when the tunnel exits.
+//! intercepted service (hosted by the Go tunneler) with its intercept, and the open flow with
+//! at least the bytes that went through it each way; `/metrics` shows the same bytes, the open
+//! flow and the successful dial; a dial to a service nobody hosts counts as `no_terminators`;
+//! the router's latency appears once its channel has probed it; `zt-tunnel status --log-level
+//! debug` turns on debug lines in the running tunnel's log file, where there were none before;
+//! the socket is mode 0600, refuses bad and overlong requests, and is removed when the tunnel
+//! exits.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -365,6 +366,32 @@ async fn scenario(net: &TestNet) {
     }
     drop(again);
     drop((rd, wr));
+
+    // Router latency: the channel's first latency probe goes out 30 s after it opened.
+    let deadline = Instant::now() + SETUP;
+    let latency = loop {
+        let status = status_json(&socket).await;
+        let measured = status["routers"]
+            .as_array()
+            .expect("routers")
+            .iter()
+            .find_map(|r| r["latency_ms"].as_f64());
+        if let Some(ms) = measured {
+            break ms;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no router latency measured: {status}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert!((0.0..60_000.0).contains(&latency), "latency {latency} ms");
+    let text = metrics(metrics_port).await;
+    let series_name = format!(
+        "zt_router_latency_seconds{{router=\"{}\",identity=\"client\"}}",
+        net.router().name
+    );
+    assert!(series(&text, &series_name) >= 0.0, "{text}");
 
     // The socket goes with the tunnel.
     assert!(tunnel.is_running(), "{}", tunnel.log_tail(30));
