@@ -3,7 +3,7 @@
 //! service updates from every identity keep the intercept table, the DNS names and the routes
 //! current. Services the identities may bind and that carry a `host.v1`/`host.v2` config are
 //! hosted: each incoming Ziti connection goes to the TCP or UDP server its config and the
-//! dialer's app data name. [`host_only`] hosts without a TUN device and without privileges.
+//! dialer's app data name. [`host_only`](crate::tunnel::host_only()) hosts without a TUN device and without privileges.
 //!
 //! Idle costs nothing: the driver sleeps until a packet, a flow's channel, a service event, a
 //! request from its [`TunnelHandle`](crate::tunnel::TunnelHandle) or a stack timer wakes it.
