@@ -297,6 +297,13 @@ pub struct RunArgs {
     /// Accepted for compatibility; no effect.
     #[arg(long = "control-connections", hide = true)]
     _control_connections: Option<u8>,
+    /// Serve `zt-tunnel status` and log level changes on this Unix socket (mode 0600, removed
+    /// on exit), e.g. `/run/zt-tunnel/<tun-name>.sock`. Default: none.
+    #[arg(long, value_name = "PATH", conflicts_with = "host_only")]
+    status_socket: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464. Default: none.
+    #[arg(long, value_name = "ADDR", conflicts_with = "host_only")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 impl RunArgs {
@@ -423,10 +430,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(netns) = args.netns {
         builder = builder.netns_path(netns);
     }
+    let listeners = crate::control::bind(args.status_socket.as_deref(), args.metrics)
+        .await
+        .context("failed to start ziti tunnel")?;
     let mut tunnel = builder
         .start()
         .await
         .context("failed to start ziti tunnel")?;
+    let _serving = listeners.serve(tunnel.monitor());
     let (tx, mut changes) = tokio::sync::mpsc::channel(64);
     let watcher = source.spawn(tx);
     tokio::pin!(shutdown);

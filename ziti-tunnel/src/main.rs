@@ -6,9 +6,11 @@
 //! zt-tunnel dial -i alice.json echo < req.txt      # stdin -> service -> stdout
 //! zt-tunnel run --identity-dir /etc/ziti/identities  # TUN intercept + DNS + hosting
 //! zt-tunnel doctor -i alice.json --service echo    # step-by-step check; exit 0 or 10+step
+//! zt-tunnel status --socket /run/zt-tunnel/ziti0.sock  # what a running tunnel carries
 //! ```
 
 mod commands;
+mod control;
 mod doctor;
 mod identity_source;
 mod logging;
@@ -16,7 +18,8 @@ mod logging;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Pure-Rust OpenZiti tunneler.
 #[derive(Debug, Parser)]
@@ -61,6 +64,10 @@ enum Command {
         #[command(subcommand)]
         command: TunnelCommand,
     },
+    /// Show what a running `zt-tunnel run --status-socket PATH` is doing: identities,
+    /// services, routers, flows with their bytes, counters. `zt-tunnel status --log-level
+    /// LEVEL` changes its log level instead.
+    Status(control::StatusArgs),
 }
 
 /// `zt-tunnel tunnel ...`.
@@ -107,7 +114,14 @@ fn tune_malloc() {
 
 fn main() -> ExitCode {
     tune_malloc();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // `zt-tunnel status --log-level LEVEL`: the level is for the running tunnel.
+    let tunnel_level = (matches.value_source("log_level") == Some(ValueSource::CommandLine))
+        .then(|| cli.log_level.clone());
     let level = if cli.verbose {
         "debug"
     } else {
@@ -144,6 +158,9 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS),
             // The doctor reports its own failures, one line per step, and picks the exit code.
             Command::Doctor(args) => Ok(ExitCode::from(doctor::run(args).await)),
+            Command::Status(args) => control::status(args, tunnel_level.as_deref())
+                .await
+                .map(|()| ExitCode::SUCCESS),
         }
     });
     match result {

@@ -237,6 +237,7 @@ impl TunnelBuilder {
             hosts: Hosting::new(thread),
             stats: stats_tx,
             published: TunnelStats::default(),
+            counters: Default::default(),
         };
         span.in_scope(|| {
             identities

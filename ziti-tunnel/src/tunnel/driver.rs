@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,6 +17,10 @@ use ziti_sdk::{Service, ServiceEvent, ZitiContext, error_chain};
 use super::handle::{Control, TunnelStats};
 use super::hosting::Hosting;
 use super::relay::{Down, FlowPipe, FlowWaker, forward_up, relay_flow, relay_udp};
+use super::status::{
+    Counters, FlowStatus, IdentityStatus, InterceptStatus, RouterStatus, ServiceStatus,
+    TunnelStatus,
+};
 use super::{
     CHUNK, DatagramDown, FLOW_QUEUE, MAX_UDP_FLOWS, READ_BATCH, TunnelError, TunnelIdentity,
     UDP_PRUNE, UDP_QUEUE,
@@ -67,6 +72,8 @@ pub(super) struct Driver {
     /// The counters as last published.
     pub(super) stats: watch::Sender<TunnelStats>,
     pub(super) published: TunnelStats,
+    /// Bytes and dial outcomes since start, shared with the relays.
+    pub(super) counters: Arc<Counters>,
 }
 
 impl Driver {
@@ -211,6 +218,7 @@ impl Driver {
                 (d.src, d.dst),
                 rx,
                 self.udp_down_tx.clone(),
+                self.counters.clone(),
             ));
         }
     }
@@ -263,10 +271,23 @@ impl Driver {
                 down_done: false,
                 dialed: false,
                 waker: waker.clone(),
+                client: flow.src,
+                intercepted: flow.dst,
+                service: service.clone(),
+                bytes_up: 0,
+                bytes_down: 0,
             },
         );
         // The SYN stays unanswered until the dial succeeds.
-        tokio::spawn(relay_flow(ctx, service, opts, up_rx, down_tx, waker));
+        tokio::spawn(relay_flow(
+            ctx,
+            service,
+            opts,
+            up_rx,
+            down_tx,
+            waker,
+            self.counters.clone(),
+        ));
     }
 
     /// Moves bytes between one flow's socket and its channels; reaps it when finished.
@@ -308,10 +329,15 @@ impl Driver {
             }
         }
         // Client -> service, only as far as the channel has room (else the window closes).
+        let before = pipe.bytes_up;
         if let Some(tx) = &pipe.up
-            && !forward_up(&mut self.stack, id, tx, &mut buf)
+            && !forward_up(&mut self.stack, id, tx, &mut buf, &mut pipe.bytes_up)
         {
             pipe.up = None;
+        }
+        if pipe.bytes_up > before {
+            self.counters
+                .add_up(usize::try_from(pipe.bytes_up - before).unwrap_or(usize::MAX));
         }
         if pipe.up.is_some() && self.stack.client_finished(id) {
             pipe.up = None; // end-of-stream for the relay: it half-closes the Ziti side
@@ -321,10 +347,15 @@ impl Driver {
             if let Some(mut chunk) = pipe.pending.take() {
                 match self.stack.send(id, &chunk) {
                     Ok(n) if n < chunk.len() => {
+                        pipe.bytes_down += n as u64;
+                        self.counters.add_down(n);
                         pipe.pending = Some(chunk.split_off(n));
                         break;
                     }
-                    Ok(_) => {}
+                    Ok(n) => {
+                        pipe.bytes_down += n as u64;
+                        self.counters.add_down(n);
+                    }
                     Err(_) => {
                         pipe.down_done = true;
                         break;
@@ -510,6 +541,80 @@ impl Driver {
             Control::RemoveIdentity(name, reply) => {
                 let _ = reply.send(self.remove_identity(&name).await);
             }
+            Control::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    /// Describes the tunnel (on request: walks the identities, their services and the flows).
+    fn status(&self) -> TunnelStatus {
+        let mut identities = Vec::new();
+        let mut services = Vec::new();
+        let mut routers = Vec::new();
+        for (index, member) in &self.identities {
+            let name = &member.identity.name;
+            let ctx = &member.identity.context;
+            let authenticated = ctx.controller().token_watch().borrow().is_some();
+            identities.push(IdentityStatus {
+                name: name.clone(),
+                auth: match authenticated {
+                    true => "authenticated".into(),
+                    false => "not authenticated".into(),
+                },
+                controller: ctx.controller().api_url().to_string(),
+                services: member.services.len(),
+            });
+            for s in member.services.values() {
+                let intercepted = self.owner.get(&s.name) == Some(index);
+                services.push(ServiceStatus {
+                    name: s.name.clone(),
+                    identity: name.clone(),
+                    dial: s.permissions.dial,
+                    bind: s.permissions.bind,
+                    intercept: match intercepted {
+                        true => s.configs.intercept().as_ref().map(InterceptStatus::of),
+                        false => None,
+                    },
+                    hosting: self.hosts.state(*index, &s.name),
+                });
+            }
+            for r in ctx.routers().connected() {
+                routers.push(RouterStatus {
+                    identity: name.clone(),
+                    name: r.name().to_string(),
+                    url: r.url().to_string(),
+                    connected: !r.is_closed(),
+                    latency_ms: r.latency().map(|d| d.as_secs_f64() * 1000.0),
+                    connections: r.connection_count(),
+                });
+            }
+        }
+        services.sort_by(|a, b| (&a.name, &a.identity).cmp(&(&b.name, &b.identity)));
+        routers.sort_by(|a, b| (&a.identity, &a.name).cmp(&(&b.identity, &b.name)));
+        let mut flows: Vec<FlowStatus> = self
+            .flows
+            .values()
+            .map(|p| FlowStatus {
+                client: p.client,
+                intercepted: p.intercepted,
+                service: p.service.clone(),
+                established: p.dialed,
+                bytes_up: p.bytes_up,
+                bytes_down: p.bytes_down,
+            })
+            .collect();
+        flows.sort_by_key(|f| (f.intercepted, f.client));
+        let mut totals = self.counters.snapshot();
+        totals.tcp_flows = self.flows.len();
+        totals.udp_flows = self.udp_flows.len();
+        TunnelStatus {
+            identities,
+            services,
+            routers,
+            flows,
+            udp_flows: self.udp_flows.len(),
+            totals,
         }
     }
 

@@ -3,6 +3,7 @@
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::status::TunnelStatus;
 use super::{TunnelError, TunnelIdentity};
 
 /// What a tunnel carries right now. The driver publishes a new value only when a count changes,
@@ -29,6 +30,8 @@ pub(super) enum Control {
     AddIdentity(TunnelIdentity, oneshot::Sender<Result<(), TunnelError>>),
     /// Stop using the identity of this name.
     RemoveIdentity(String, oneshot::Sender<Result<(), TunnelError>>),
+    /// Describe the tunnel: identities, services, routers, flows, counters.
+    Status(oneshot::Sender<TunnelStatus>),
 }
 
 /// A running tunnel (see [`TunnelBuilder::start`](super::TunnelBuilder::start)).
@@ -55,6 +58,22 @@ impl TunnelHandle {
     /// A receiver of the counters that is told each time they change.
     pub fn watch_stats(&self) -> watch::Receiver<TunnelStats> {
         self.stats.clone()
+    }
+
+    /// What the tunnel is doing now: identities, services, routers, each live flow with its
+    /// byte counts, and the counters since start. Answered by the tunnel's packet task between
+    /// two turns of its loop.
+    pub async fn status(&self) -> Result<TunnelStatus, TunnelError> {
+        self.monitor().status().await
+    }
+
+    /// A cheap, cloneable handle that can only ask for [`TunnelHandle::status`] (for a status
+    /// socket or a metrics endpoint serving beside the tunnel). It does not keep the tunnel
+    /// running.
+    pub fn monitor(&self) -> TunnelMonitor {
+        TunnelMonitor {
+            control: self.control.clone(),
+        }
     }
 
     /// The network namespace the tunnel runs in, as given (`current` for the caller's own).
@@ -128,5 +147,24 @@ impl TunnelHandle {
             .await
             .map_err(|_| TunnelError::Stopped)?;
         answer.await.map_err(|_| TunnelError::Stopped)?
+    }
+}
+
+/// Asks a running tunnel for its [`TunnelStatus`] (see [`TunnelHandle::monitor`]).
+#[derive(Debug, Clone)]
+pub struct TunnelMonitor {
+    control: mpsc::Sender<Control>,
+}
+
+impl TunnelMonitor {
+    /// See [`TunnelHandle::status`]. Fails with [`TunnelError::Stopped`] once the tunnel has
+    /// stopped.
+    pub async fn status(&self) -> Result<TunnelStatus, TunnelError> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(Control::Status(reply))
+            .await
+            .map_err(|_| TunnelError::Stopped)?;
+        answer.await.map_err(|_| TunnelError::Stopped)
     }
 }

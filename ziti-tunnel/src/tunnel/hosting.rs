@@ -57,6 +57,15 @@ impl Hosting {
         self.tasks.len()
     }
 
+    /// How service `service` of identity `index` is hosted, if it is.
+    pub(super) fn state(&self, index: usize, service: &str) -> Option<super::HostingStatus> {
+        let (terminators, handles) = self.tasks.get(&(index, service.to_string()))?;
+        Some(super::HostingStatus {
+            terminators: terminators.len(),
+            running: handles.iter().filter(|h| !h.is_finished()).count(),
+        })
+    }
+
     pub(super) fn apply(&mut self, ctx: ZitiContext, index: usize, service: &Service) {
         let terminators = if service.permissions.bind {
             service.configs.host_terminators()

@@ -3,7 +3,7 @@
 //! service updates from every identity keep the intercept table, the DNS names and the routes
 //! current. Services the identities may bind and that carry a `host.v1`/`host.v2` config are
 //! hosted: each incoming Ziti connection goes to the TCP or UDP server its config and the
-//! dialer's app data name. [`host_only`] hosts without a TUN device and without privileges.
+//! dialer's app data name. [`host_only`](crate::tunnel::host_only()) hosts without a TUN device and without privileges.
 //!
 //! Idle costs nothing: the driver sleeps until a packet, a flow's channel, a service event, a
 //! request from its [`TunnelHandle`](crate::tunnel::TunnelHandle) or a stack timer wakes it.
@@ -30,10 +30,15 @@ mod hosting;
 mod netns;
 mod relay;
 mod routes;
+mod status;
 
 pub use builder::TunnelBuilder;
-pub use handle::{TunnelHandle, TunnelStats};
+pub use handle::{TunnelHandle, TunnelMonitor, TunnelStats};
 pub use host_only::host_only;
+pub use status::{
+    DialCounts, DialOutcome, FlowStatus, HostingStatus, IdentityStatus, InterceptStatus,
+    RouterStatus, ServiceStatus, TunnelStatus, TunnelTotals,
+};
 
 /// Chunks in flight per direction per flow (each at most [`CHUNK`] bytes).
 const FLOW_QUEUE: usize = 8;

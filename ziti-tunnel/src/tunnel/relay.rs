@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use ziti_sdk::context::DialOptions;
 use ziti_sdk::{ZitiContext, error_chain};
 
+use super::status::{Counters, DialOutcome};
 use super::{CHUNK, DatagramDown, UDP_IDLE};
 
 /// Smallest read from a Ziti stream (what an idle connection waits with).
@@ -36,6 +37,16 @@ pub(super) struct FlowPipe {
     /// The dial succeeded and the handshake was let through.
     pub(super) dialed: bool,
     pub(super) waker: FlowWaker,
+    /// The client's address.
+    pub(super) client: SocketAddr,
+    /// The address the client connected to.
+    pub(super) intercepted: SocketAddr,
+    /// The service dialed for it.
+    pub(super) service: String,
+    /// Bytes taken from the client towards the service.
+    pub(super) bytes_up: u64,
+    /// Bytes from the service handed to the client's socket.
+    pub(super) bytes_down: u64,
 }
 
 /// Tells the driver that one flow's relay has news, at most once until the driver looks.
@@ -69,13 +80,14 @@ impl FlowWaker {
     }
 }
 
-/// Moves client bytes of flow `id` into its channel while both have some; `false` once the
-/// channel or the socket can no longer carry any.
+/// Moves client bytes of flow `id` into its channel while both have some, adding them to
+/// `moved`; `false` once the channel or the socket can no longer carry any.
 pub(super) fn forward_up(
     stack: &mut NetStack,
     id: FlowId,
     tx: &mpsc::Sender<Bytes>,
     buf: &mut [u8],
+    moved: &mut u64,
 ) -> bool {
     loop {
         let permit = match tx.try_reserve() {
@@ -87,6 +99,7 @@ pub(super) fn forward_up(
             Ok(0) => return true,
             Ok(n) => {
                 tracing::trace!(?id, n, "client -> service");
+                *moved = moved.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
                 permit.send(Bytes::copy_from_slice(&buf[..n]))
             }
             Err(_) => return false,
@@ -102,9 +115,12 @@ pub(super) async fn relay_flow(
     mut up: mpsc::Receiver<Bytes>,
     down: mpsc::Sender<Down>,
     waker: FlowWaker,
+    counters: Arc<Counters>,
 ) {
     // dial_with logs a failure with the service name and the reason.
-    let stream = match ctx.dial_with(&service, &opts).await {
+    let dialed = ctx.dial_with(&service, &opts).await;
+    counters.dialed(DialOutcome::of(&dialed));
+    let stream = match dialed {
         Ok(s) => s,
         Err(_) => {
             let _ = down.send(Down::Abort).await;
@@ -169,9 +185,12 @@ pub(super) async fn relay_udp(
     (client, intercepted): (SocketAddr, SocketAddr),
     mut up: mpsc::Receiver<Bytes>,
     down: mpsc::Sender<DatagramDown>,
+    counters: Arc<Counters>,
 ) {
     // dial_with logs a failure with the service name and the reason.
-    let Ok(stream) = ctx.dial_with(&service, &opts).await else {
+    let dialed = ctx.dial_with(&service, &opts).await;
+    counters.dialed(DialOutcome::of(&dialed));
+    let Ok(stream) = dialed else {
         return;
     };
     let (mut rd, mut wr) = tokio::io::split(stream);
@@ -183,6 +202,7 @@ pub(super) async fn relay_udp(
                     if wr.write_all(&d).await.is_err() {
                         break;
                     }
+                    counters.add_up(d.len());
                 }
                 None => break,
             },
@@ -192,6 +212,7 @@ pub(super) async fn relay_udp(
                     if down.send((intercepted, client, reply)).await.is_err() {
                         break;
                     }
+                    counters.add_down(n);
                 }
                 _ => break,
             },
