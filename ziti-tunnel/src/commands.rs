@@ -365,22 +365,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
     };
     if args.host_only {
-        // Host-only takes the identities that authenticate within the first retries.
-        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        use ziti_tunnel::tunnel::HostIdentity;
+        let (tx, mut changes) = tokio::sync::mpsc::channel(64);
         let watcher = source.spawn(tx);
-        let mut identities = Vec::new();
-        let collect = async {
-            while let Some(change) = rx.recv().await {
-                if let IdentityChange::Ready(id) = change {
-                    identities.push(id);
+        let (host_tx, host_rx) = tokio::sync::mpsc::channel(64);
+        let forward = tokio::spawn(async move {
+            while let Some(change) = changes.recv().await {
+                let change = match change {
+                    IdentityChange::Ready(identity) => HostIdentity::Add(identity),
+                    IdentityChange::Gone(name) => HostIdentity::Remove(name),
+                };
+                if host_tx.send(change).await.is_err() {
+                    break;
                 }
             }
-        };
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), collect).await;
+        });
+        let outcome = ziti_tunnel::tunnel::host_only(host_rx, refresh, shutdown).await;
         watcher.abort();
-        ziti_tunnel::tunnel::host_only(identities, refresh, shutdown)
-            .await
-            .context("failed to start ziti tunnel")?;
+        forward.abort();
+        outcome.context("failed to start ziti tunnel")?;
         return Ok(());
     }
     let pool: ziti_dns::Ipv4Cidr = args

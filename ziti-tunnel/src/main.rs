@@ -172,3 +172,92 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parses(args: &[&str]) -> Cli {
+        match Cli::try_parse_from(args) {
+            Ok(cli) => cli,
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+    }
+
+    /// Every flag of `ziti tunnel run` is accepted where the sidecar puts it, with the binary
+    /// swapped (their meaning is shown against the real network by tests/session_run.rs).
+    #[test]
+    fn the_go_tunnelers_command_line_is_accepted() {
+        let cli = parses(&["zt-tunnel", "tunnel", "run", "--identity-dir", "/ids"]);
+        assert!(matches!(
+            cli.command,
+            Command::Tunnel {
+                command: TunnelCommand::Run(_)
+            }
+        ));
+        for flags in [
+            &["id.json"][..],
+            &["-i", "id.json"],
+            &["--identity", "id.json"],
+            &["--identity-dir", "/ids"],
+            &["-v", "--identity-dir", "/ids"],
+            &["--verbose", "--identity-dir", "/ids"],
+            &["--svcPollRate", "10", "-I", "/ids"],
+            &["-d", "100.64.0.1/10", "-I", "/ids"],
+            &["--dnsSvcIpRange", "100.64.0.1/10", "-I", "/ids"],
+            &[
+                "--dnsUpstream",
+                "udp://10.96.0.10:53,tcp://8.8.8.8:53",
+                "-I",
+                "/ids",
+            ],
+            &[
+                "--dnsUpstream",
+                "udp://10.96.0.10:53",
+                "--dnsUpstream",
+                "tcp://8.8.8.8:53",
+                "-I",
+                "/ids",
+            ],
+            &["--dnsUpstreamMode", "parallel", "-I", "/ids"],
+            &["--dnsUnanswerable", "timeout", "-I", "/ids"],
+            &["-r", "udp://127.0.0.1:53", "-I", "/ids"],
+            &["--resolver", "udp://127.0.0.1:53", "-I", "/ids"],
+            &["--log-formatter", "json", "-I", "/ids"],
+            &[
+                "--cli-agent=false",
+                "--cli-agent-addr",
+                "unix:/tmp/a.sock",
+                "--cli-agent-alias",
+                "x",
+                "-I",
+                "/ids",
+            ],
+            &[
+                "--sdk-flow-control",
+                "--default-connections",
+                "2",
+                "--control-connections",
+                "1",
+                "-I",
+                "/ids",
+            ],
+        ] {
+            let mut args = vec!["zt-tunnel", "tunnel", "run"];
+            args.extend_from_slice(flags);
+            parses(&args);
+            let mut args = vec!["zt-tunnel", "run"];
+            args.extend_from_slice(flags);
+            parses(&args);
+        }
+        assert!(matches!(
+            parses(&["zt-tunnel", "tunnel", "host", "-i", "id.json"]).command,
+            Command::Tunnel {
+                command: TunnelCommand::Host(_)
+            }
+        ));
+        assert!(
+            Cli::try_parse_from(["zt-tunnel", "run", "--dnsUnanswerable", "sometimes"]).is_err()
+        );
+    }
+}

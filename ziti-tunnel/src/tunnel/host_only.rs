@@ -1,70 +1,99 @@
 //! Hosting without a TUN device: the services the identities may bind are hosted, nothing is
 //! intercepted, no DNS server runs, and no privilege is needed (`zt-tunnel run --host-only`,
-//! like `ziti tunnel host`).
+//! like `ziti tunnel host`). Identities join and leave while it runs.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use ziti_sdk::ServiceEvent;
 
 use super::hosting::Hosting;
 use super::{EVENT_QUEUE, TunnelError, TunnelIdentity};
 
-/// Hosts the identities' services until `shutdown` completes; services are polled every
-/// `refresh_interval` and hosting follows their changes.
+/// An identity joining or leaving a host-only run.
+#[derive(Debug)]
+pub enum HostIdentity {
+    /// Host this identity's services.
+    Add(TunnelIdentity),
+    /// Stop hosting the services of the identity of this name.
+    Remove(String),
+}
+
+/// Hosts the services of the identities that arrive on `identities` until `shutdown`
+/// completes; services are polled every `refresh_interval` and hosting follows their changes.
 pub async fn host_only(
-    identities: Vec<TunnelIdentity>,
+    mut identities: mpsc::Receiver<HostIdentity>,
     refresh_interval: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), TunnelError> {
-    if identities.is_empty() {
-        return Err(TunnelError::NoIdentities);
-    }
     let (tx, mut events) = mpsc::channel::<(usize, ServiceEvent)>(EVENT_QUEUE);
-    let mut watchers = Vec::new();
-    for (index, identity) in identities.iter().enumerate() {
-        let mut rx = identity
-            .context
-            .controller()
-            .watch_services(refresh_interval);
-        let tx = tx.clone();
-        watchers.push(tokio::spawn(async move {
-            while let Some(ev) = rx.recv().await {
-                if tx.send((index, ev)).await.is_err() {
-                    break;
-                }
-            }
-        }));
-        tracing::info!(identity = %identity.name, "identity added (hosting only)");
-    }
-    drop(tx);
+    let mut members: HashMap<usize, (TunnelIdentity, JoinHandle<()>)> = HashMap::new();
+    let mut next = 0usize;
     let mut hosting = Hosting::new(None);
     tokio::pin!(shutdown);
     loop {
-        let (index, event) = tokio::select! {
+        tokio::select! {
             () = &mut shutdown => break,
-            ev = events.recv() => match ev {
-                Some(ev) => ev,
-                None => break,
+            change = identities.recv() => match change {
+                Some(HostIdentity::Add(identity)) => {
+                    if members.values().any(|(m, _)| m.name == identity.name) {
+                        tracing::warn!(identity = %identity.name, "an identity of that name is hosting already");
+                        continue;
+                    }
+                    let index = next;
+                    next += 1;
+                    let mut rx = identity.context.controller().watch_services(refresh_interval);
+                    let tx = tx.clone();
+                    let watcher = tokio::spawn(async move {
+                        while let Some(ev) = rx.recv().await {
+                            if tx.send((index, ev)).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    tracing::info!(identity = %identity.name, "identity added (hosting only)");
+                    members.insert(index, (identity, watcher));
+                }
+                Some(HostIdentity::Remove(name)) => {
+                    let gone: Vec<usize> = members
+                        .iter()
+                        .filter(|(_, (m, _))| m.name == name)
+                        .map(|(i, _)| *i)
+                        .collect();
+                    for index in gone {
+                        if let Some((_, watcher)) = members.remove(&index) {
+                            watcher.abort();
+                        }
+                        hosting.stop_identity(index);
+                        tracing::info!(identity = %name, "identity removed");
+                    }
+                }
+                // Nobody can add identities any more; keep hosting the ones there are.
+                None => std::future::pending().await,
             },
-        };
-        let Some(identity) = identities.get(index) else {
-            continue;
-        };
-        match event {
-            ServiceEvent::Added(s) | ServiceEvent::Changed(s) => {
-                tracing::info!(identity = %identity.name, service = %s.name, bind = s.permissions.bind, "service available");
-                hosting.apply(identity.context.clone(), index, &s);
-            }
-            ServiceEvent::Removed(s) => {
-                tracing::info!(identity = %identity.name, service = %s.name, "service no longer available");
-                hosting.stop(index, &s.name);
+            Some((index, event)) = events.recv() => {
+                // Events still queued from an identity removed since are dropped here.
+                let Some((identity, _)) = members.get(&index) else {
+                    continue;
+                };
+                match event {
+                    ServiceEvent::Added(s) | ServiceEvent::Changed(s) => {
+                        tracing::info!(identity = %identity.name, service = %s.name, bind = s.permissions.bind, "service available");
+                        hosting.apply(identity.context.clone(), index, &s);
+                    }
+                    ServiceEvent::Removed(s) => {
+                        tracing::info!(identity = %identity.name, service = %s.name, "service no longer available");
+                        hosting.stop(index, &s.name);
+                    }
+                }
             }
         }
     }
     hosting.stop_all();
-    watchers.iter().for_each(tokio::task::JoinHandle::abort);
+    members.values().for_each(|(_, w)| w.abort());
     tracing::info!("hosting stopped");
     Ok(())
 }

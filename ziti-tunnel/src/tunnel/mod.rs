@@ -34,7 +34,7 @@ mod status;
 
 pub use builder::TunnelBuilder;
 pub use handle::{TunnelHandle, TunnelMonitor, TunnelStats};
-pub use host_only::host_only;
+pub use host_only::{HostIdentity, host_only};
 pub use status::{
     DialCounts, DialOutcome, FlowStatus, HostingStatus, IdentityStatus, InterceptStatus,
     RouterStatus, ServiceStatus, TunnelStatus, TunnelTotals,
