@@ -46,6 +46,8 @@ use crate::session::{Session, SessionType};
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Accepted connections waiting for [`ZitiListener::accept`] before new dials are refused.
 const ACCEPT_QUEUE: usize = 1024;
+/// Pause before dialing again after a router could not reach a just-changed terminator.
+const STALE_TERMINATOR_PAUSE: Duration = Duration::from_millis(250);
 /// Longest pause between rebind attempts.
 const MAX_REBIND_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -413,6 +415,12 @@ impl ZitiContext {
                 Ok(stream) => {
                     tracing::debug!(service = name, router = conn.name(), "dialed");
                     return Ok(stream);
+                }
+                Err(RouterError::Dial { ref failure, .. })
+                    if failure.is_stale_terminator() && !last_attempt =>
+                {
+                    tracing::debug!(service = name, reason = %failure, "stale terminator; dialing again");
+                    tokio::time::sleep(STALE_TERMINATOR_PAUSE).await;
                 }
                 Err(e @ RouterError::Dial { .. }) => {
                     let retry = matches!(&e, RouterError::Dial { failure, .. } if failure.needs_new_session());

@@ -208,6 +208,13 @@ impl DialFailure {
     pub fn needs_new_session(&self) -> bool {
         matches!(self, Self::InvalidSession(_) | Self::InvalidApiSession)
     }
+
+    /// The fabric could not build a path to a terminator that has just changed (a router's
+    /// "invalid egress destination": the hosting connection behind the terminator is gone or
+    /// being replaced). Nothing was connected, so dialing again a moment later is safe.
+    pub fn is_stale_terminator(&self) -> bool {
+        matches!(self, Self::Other(t) if t.to_ascii_lowercase().contains("invalid egress destination"))
+    }
 }
 
 impl fmt::Display for DialFailure {

@@ -525,3 +525,16 @@ fn fuzz_entry_handles_random_inputs() {
         fuzz_parse(&d);
     }
 }
+
+#[test]
+fn a_stale_terminator_is_worth_a_second_dial_and_a_refusal_is_not() {
+    let stale = DialFailure::classify(
+        "exceeded maximum [2] retries creating circuit [c/x] (error creating route for [s/x] on [r/y] (invalid egress destination abc))",
+    );
+    assert!(stale.is_stale_terminator());
+    let refused = DialFailure::classify(
+        "exceeded maximum [2] retries creating circuit [c/x] (error creating route for [s/x] on [r/y] (failed to establish connection with terminator address t. error: (port 9 is not in allowed port ranges)))",
+    );
+    assert!(!refused.is_stale_terminator());
+    assert!(!DialFailure::classify("no terminators for service").is_stale_terminator());
+}
