@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use testnet::{ChildGuard, TestNet};
+use testnet::{ChildGuard, TestNet, in_new_netns};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -29,34 +29,6 @@ const MAX_BYTES_PER_CONNECTION: u64 = 64 * 1024;
 /// The intercepted address of the service.
 const TARGET: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, 60)), 9000);
-
-/// Runs `body` on a thread that first enters a new network namespace with loopback up.
-fn in_new_netns(body: impl FnOnce() + Send + 'static) {
-    let thread = std::thread::spawn(move || {
-        // SAFETY: unshare only changes this thread's namespace membership.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let nl = ziti_tunnel::netlink::Netlink::connect().unwrap();
-            let lo = nl.link_index("lo").await.unwrap();
-            nl.set_up(lo).await.unwrap();
-        });
-        drop(rt);
-        body();
-    });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
 
 /// Raises the soft open-file limit to the hard one (children inherit it).
 fn raise_open_files() {
@@ -121,8 +93,7 @@ fn echo_server(dir: &Path) -> (ChildGuard, u16) {
 }
 
 fn enroll(net: &TestNet, name: &str, attrs: &[&str], out: &Path) {
-    let jwt = net.create_identity(name, attrs).unwrap();
-    net.cli_enroll(&jwt, out, "EC").unwrap();
+    net.enroll_identity(name, attrs, out).unwrap();
 }
 
 /// Resident memory of a process, bytes.

@@ -24,39 +24,11 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use sha2::{Digest, Sha256};
-use testnet::{ChildGuard, TestNet};
+use testnet::{ChildGuard, TestNet, in_new_netns};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 const DNS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)), 53);
-
-/// Runs `body` on a thread that first enters a new network namespace with loopback up.
-fn in_new_netns(body: impl FnOnce() + Send + 'static) {
-    let thread = std::thread::spawn(move || {
-        // SAFETY: unshare only changes this thread's namespace membership.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let nl = ziti_tunnel::netlink::Netlink::connect().unwrap();
-            let lo = nl.link_index("lo").await.unwrap();
-            nl.set_up(lo).await.unwrap();
-        });
-        drop(rt);
-        body();
-    });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
 
 /// Asks our DNS server for `name`'s A record: `None` when no reply came, `Some(None)` for a reply
 /// without one. (Names that are not intercepted are forwarded to a dead upstream, so their
@@ -315,8 +287,7 @@ fn service(net: &TestNet, name: &str, intercept: &str, host: Option<&str>, binde
 }
 
 fn enroll(net: &TestNet, name: &str, attrs: &[&str], out: &Path) {
-    let jwt = net.create_identity(name, attrs).unwrap();
-    net.cli_enroll(&jwt, out, "EC").unwrap();
+    net.enroll_identity(name, attrs, out).unwrap();
 }
 
 #[test]

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
-use testnet::{ChildGuard, TestNet};
+use testnet::{ChildGuard, TestNet, in_new_netns};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -55,34 +55,6 @@ impl Failures {
             println!("FAILED: {what}");
             self.0.push(what);
         }
-    }
-}
-
-/// Runs `body` on a thread that first enters a new network namespace with loopback up.
-fn in_new_netns(body: impl FnOnce() + Send + 'static) {
-    let thread = std::thread::spawn(move || {
-        // SAFETY: unshare only changes this thread's namespace membership.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let nl = ziti_tunnel::netlink::Netlink::connect().unwrap();
-            let lo = nl.link_index("lo").await.unwrap();
-            nl.set_up(lo).await.unwrap();
-        });
-        drop(rt);
-        body();
-    });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
     }
 }
 
@@ -214,8 +186,7 @@ fn service(net: &TestNet, name: &str, intercept: &str, host: &str, binders: &str
 }
 
 fn enroll(net: &TestNet, name: &str, attrs: &[&str], out: &Path) {
-    let jwt = net.create_identity(name, attrs).unwrap();
-    net.cli_enroll(&jwt, out, "EC").unwrap();
+    net.enroll_identity(name, attrs, out).unwrap();
 }
 
 /// Resident memory of a process, bytes: all of it, anonymous (heap and stacks), file-backed
