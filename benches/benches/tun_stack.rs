@@ -403,5 +403,50 @@ fn engine(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, up, syn_to_flow, engine);
+/// What a new connection adds outside the stack: its dial's app data (intercepting side) and
+/// its target from a forwarding host config and that app data (hosting side). Once per
+/// connection, never per packet.
+fn per_connection(c: &mut Criterion) {
+    use ziti_sdk::services::{InterceptV1, Protocol};
+    use ziti_tunnel::app_data::{AppData, FlowAddrs};
+    use ziti_tunnel::host_target::resolve;
+    use ziti_tunnel::intercept::Intercept;
+
+    let config: InterceptV1 = serde_json::from_str(
+        r#"{"protocols":["tcp"],"addresses":["*.corp"],"portRanges":[{"low":1,"high":65535}],
+            "sourceIp":"$src_ip:$src_port","dialOptions":{"identity":"$dst_hostname"}}"#,
+    )
+    .expect("intercept config");
+    let intercept = Intercept::from_config("svc", &config);
+    let flow = FlowAddrs {
+        protocol: Protocol::Tcp,
+        src: "100.64.0.1:40000".parse().expect("addr"),
+        dst: "100.64.0.9:5432".parse().expect("addr"),
+        hostname: Some("db.corp".into()),
+    };
+    let host = serde_json::from_str(
+        r#"{"forwardProtocol":true,"allowedProtocols":["tcp","udp"],"forwardAddress":true,
+            "allowedAddresses":["*.corp","10.0.0.0/8"],"forwardPort":true,
+            "allowedPortRanges":[{"low":5432,"high":5432}]}"#,
+    )
+    .expect("host config");
+    let mut g = c.benchmark_group("per_connection");
+    g.bench_function("dial_app_data", |b| {
+        b.iter(|| {
+            let id = intercept.dial_identity_for(black_box(&flow));
+            let json = intercept.app_data_for(black_box(&flow)).to_json();
+            (id, json)
+        })
+    });
+    let sent = intercept.app_data_for(&flow).to_json();
+    g.bench_function("host_target", |b| {
+        b.iter(|| {
+            let app = AppData::parse(black_box(&sent)).ok()?;
+            resolve(black_box(&host), &app).ok()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, up, syn_to_flow, engine, per_connection);
 criterion_main!(benches);

@@ -144,23 +144,7 @@ impl TestNet {
         std::fs::create_dir_all(&cli_dir).map_err(|e| TestNetError::Io(e.to_string()))?;
 
         let qs_home = home.path().join("quickstart");
-        let quickstart = || {
-            let mut cmd = Command::new(&ziti);
-            cmd.args([
-                "edge",
-                "quickstart",
-                "--no-router",
-                "--instance-id",
-                QS_INSTANCE,
-            ])
-            .arg("--home")
-            .arg(&qs_home)
-            .args(["--ctrl-address", "127.0.0.1", "--ctrl-port"])
-            .arg(ctrl_port.to_string())
-            .env("ZITI_CONFIG_DIR", &cli_dir)
-            .env("HOME", home.path());
-            cmd
-        };
+        let quickstart = || quickstart_command(&ziti, home.path(), ctrl_port, &cli_dir);
         if let Some(duration) = &options.access_token_duration {
             // Generate the controller config, then edit it before the real start (quickstart
             // reuses an initialised home with the same instance id).
@@ -396,20 +380,7 @@ impl TestNet {
         if c.is_running() {
             return Ok(());
         }
-        let mut cmd = Command::new(&self.ziti);
-        cmd.args([
-            "edge",
-            "quickstart",
-            "--no-router",
-            "--instance-id",
-            QS_INSTANCE,
-        ])
-        .arg("--home")
-        .arg(self.home.path().join("quickstart"))
-        .args(["--ctrl-address", "127.0.0.1", "--ctrl-port"])
-        .arg(self.ctrl_port.to_string())
-        .env("ZITI_CONFIG_DIR", &self.cli_dir)
-        .env("HOME", self.home.path());
+        let cmd = quickstart_command(&self.ziti, self.home.path(), self.ctrl_port, &self.cli_dir);
         let mut guard =
             ChildGuard::spawn("controller", cmd, &self.home.path().join("controller.log"))?;
         wait_for_controller(&mut guard, self.ctrl_port)?;
@@ -704,6 +675,26 @@ impl Drop for TestNet {
             c.kill();
         }
     }
+}
+
+/// `ziti edge quickstart` for the controller of the network in `home`: the first start
+/// initialises `home/quickstart`, later starts reuse it (same instance id).
+fn quickstart_command(ziti: &Path, home: &Path, ctrl_port: u16, cli_dir: &Path) -> Command {
+    let mut cmd = Command::new(ziti);
+    cmd.args([
+        "edge",
+        "quickstart",
+        "--no-router",
+        "--instance-id",
+        QS_INSTANCE,
+    ])
+    .arg("--home")
+    .arg(home.join("quickstart"))
+    .args(["--ctrl-address", "127.0.0.1", "--ctrl-port"])
+    .arg(ctrl_port.to_string())
+    .env("ZITI_CONFIG_DIR", cli_dir)
+    .env("HOME", home);
+    cmd
 }
 
 fn wait_for_controller(controller: &mut ChildGuard, port: u16) -> Result<()> {

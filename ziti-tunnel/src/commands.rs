@@ -320,7 +320,8 @@ const GO_RESOLVER: &str = "udp://127.0.0.1:53";
 
 /// Runs the tunneler until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    use crate::identity_source::{IdentityChange, IdentitySource};
+    use crate::identity_source::IdentitySource;
+    use ziti_tunnel::tunnel::IdentityChange;
     use ziti_tunnel::tunnel::{TunnelBuilder, TunnelConfig};
 
     let mut files = args.identity.clone();
@@ -347,7 +348,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let source = IdentitySource {
         files,
         dir: args.identity_dir.clone(),
-        retry_cap: refresh.min(std::time::Duration::from_secs(30)),
+        // Half the poll interval (at most 30 s): an identity whose controller comes back is in
+        // within one interval, counting its first service fetch.
+        retry_cap: (refresh / 2).min(std::time::Duration::from_secs(30)),
     };
     let shutdown = async {
         let mut term =
@@ -365,24 +368,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
     };
     if args.host_only {
-        use ziti_tunnel::tunnel::HostIdentity;
-        let (tx, mut changes) = tokio::sync::mpsc::channel(64);
+        let (tx, changes) = tokio::sync::mpsc::channel(64);
         let watcher = source.spawn(tx);
-        let (host_tx, host_rx) = tokio::sync::mpsc::channel(64);
-        let forward = tokio::spawn(async move {
-            while let Some(change) = changes.recv().await {
-                let change = match change {
-                    IdentityChange::Ready(identity) => HostIdentity::Add(identity),
-                    IdentityChange::Gone(name) => HostIdentity::Remove(name),
-                };
-                if host_tx.send(change).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let outcome = ziti_tunnel::tunnel::host_only(host_rx, refresh, shutdown).await;
+        let outcome = ziti_tunnel::tunnel::host_only(changes, refresh, shutdown).await;
         watcher.abort();
-        forward.abort();
         outcome.context("failed to start ziti tunnel")?;
         return Ok(());
     }
@@ -449,17 +438,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             () = &mut shutdown => break None,
             outcome = tunnel.wait() => break Some(outcome),
             change = changes.recv() => match change {
-                Some(IdentityChange::Ready(identity)) => {
+                Some(IdentityChange::Add(identity)) => {
                     let name = identity.name.clone();
                     if let Err(e) = tunnel.add_identity(identity).await {
                         tracing::error!(identity = %name, error = %error_chain(&e), "cannot add identity");
                     }
                 }
                 // Not there yet (never authenticated) is fine.
-                Some(IdentityChange::Gone(name)) if tunnel.remove_identity(&name).await.is_ok() => {
+                Some(IdentityChange::Remove(name)) if tunnel.remove_identity(&name).await.is_ok() => {
                     tracing::info!(identity = %name, "identity removed");
                 }
-                Some(IdentityChange::Gone(_)) => {}
+                Some(IdentityChange::Remove(_)) => {}
                 None => {}
             },
         }

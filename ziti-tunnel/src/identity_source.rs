@@ -10,21 +10,12 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use ziti_sdk::{ZitiContext, error_chain};
-use ziti_tunnel::tunnel::TunnelIdentity;
+use ziti_tunnel::tunnel::{IdentityChange, TunnelIdentity};
 
 /// How often the identity directory is read for added, changed and removed files.
 pub const DIR_SCAN: Duration = Duration::from_secs(2);
 /// First wait after a failed authentication; it doubles up to the cap.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
-
-/// What the tunnel should do with an identity.
-#[derive(Debug)]
-pub enum IdentityChange {
-    /// Authenticated: add it.
-    Ready(TunnelIdentity),
-    /// Its file is gone or changed: remove it (by name).
-    Gone(String),
-}
 
 /// Where identities come from.
 #[derive(Debug, Clone)]
@@ -108,7 +99,7 @@ impl IdentitySource {
                     if !now.contains_key(&path) {
                         tracing::info!(identity = %name, file = %path.display(), "identity file removed");
                     }
-                    if changes.send(IdentityChange::Gone(name)).await.is_err() {
+                    if changes.send(IdentityChange::Remove(name)).await.is_err() {
                         return;
                     }
                 }
@@ -158,7 +149,7 @@ async fn authenticate(path: PathBuf, cap: Duration, changes: mpsc::Sender<Identi
             Ok(context) => {
                 tracing::info!(identity = %name, file = %path.display(), "identity loaded");
                 let _ = changes
-                    .send(IdentityChange::Ready(TunnelIdentity { name, context }))
+                    .send(IdentityChange::Add(TunnelIdentity { name, context }))
                     .await;
                 return;
             }

@@ -479,18 +479,12 @@ impl Driver {
         }
         let index = self.next_identity;
         self.next_identity += 1;
-        let mut rx = identity
-            .context
-            .controller()
-            .watch_services(self.refresh_interval);
-        let tx = self.events_tx.clone();
-        let watcher = tokio::spawn(async move {
-            while let Some(ev) = rx.recv().await {
-                if tx.send((index, ev)).await.is_err() {
-                    break;
-                }
-            }
-        });
+        let watcher = super::watch_identity(
+            index,
+            &identity.context,
+            self.refresh_interval,
+            self.events_tx.clone(),
+        );
         tracing::info!(identity = %identity.name, "identity added");
         self.identities.insert(
             index,

@@ -11,21 +11,12 @@ use tokio::task::JoinHandle;
 use ziti_sdk::ServiceEvent;
 
 use super::hosting::Hosting;
-use super::{EVENT_QUEUE, TunnelError, TunnelIdentity};
-
-/// An identity joining or leaving a host-only run.
-#[derive(Debug)]
-pub enum HostIdentity {
-    /// Host this identity's services.
-    Add(TunnelIdentity),
-    /// Stop hosting the services of the identity of this name.
-    Remove(String),
-}
+use super::{EVENT_QUEUE, IdentityChange, TunnelError, TunnelIdentity};
 
 /// Hosts the services of the identities that arrive on `identities` until `shutdown`
 /// completes; services are polled every `refresh_interval` and hosting follows their changes.
 pub async fn host_only(
-    mut identities: mpsc::Receiver<HostIdentity>,
+    mut identities: mpsc::Receiver<IdentityChange>,
     refresh_interval: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), TunnelError> {
@@ -38,26 +29,19 @@ pub async fn host_only(
         tokio::select! {
             () = &mut shutdown => break,
             change = identities.recv() => match change {
-                Some(HostIdentity::Add(identity)) => {
+                Some(IdentityChange::Add(identity)) => {
                     if members.values().any(|(m, _)| m.name == identity.name) {
                         tracing::warn!(identity = %identity.name, "an identity of that name is hosting already");
                         continue;
                     }
                     let index = next;
                     next += 1;
-                    let mut rx = identity.context.controller().watch_services(refresh_interval);
-                    let tx = tx.clone();
-                    let watcher = tokio::spawn(async move {
-                        while let Some(ev) = rx.recv().await {
-                            if tx.send((index, ev)).await.is_err() {
-                                break;
-                            }
-                        }
-                    });
+                    let watcher =
+                        super::watch_identity(index, &identity.context, refresh_interval, tx.clone());
                     tracing::info!(identity = %identity.name, "identity added (hosting only)");
                     members.insert(index, (identity, watcher));
                 }
-                Some(HostIdentity::Remove(name)) => {
+                Some(IdentityChange::Remove(name)) => {
                     let gone: Vec<usize> = members
                         .iter()
                         .filter(|(_, (m, _))| m.name == name)

@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -31,6 +30,8 @@ use crate::host_target::{HostTarget, check_config, resolve};
 
 /// A hosted UDP flow ends after this long without a datagram either way.
 const UDP_IDLE: Duration = Duration::from_secs(60);
+/// Dials of one terminator waiting for their server connection at once at most.
+const MAX_CONNECTING: usize = 256;
 /// Largest datagram relayed.
 const UDP_MAX: usize = 65_535;
 
@@ -187,6 +188,8 @@ async fn host_terminator(ctx: ZitiContext, service: String, t: HostV1, netns: Op
             None => (Vec::new(), None),
         };
     let connect_timeout = lo.effective_connect_timeout();
+    let config = std::sync::Arc::new(t);
+    let connecting = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTING));
     loop {
         let health_change = async {
             match health_rx.as_mut() {
@@ -204,12 +207,19 @@ async fn host_terminator(ctx: ZitiContext, service: String, t: HostV1, netns: Op
         let Some(dial) = dial else {
             break;
         };
+        // Dials waiting for their server are bounded: a flood is refused, not queued.
+        let Ok(permit) = connecting.clone().try_acquire_owned() else {
+            tracing::warn!(service, "too many dials waiting for the hosted server; refusing one");
+            dial.reject("host is too busy").await;
+            continue;
+        };
         tokio::spawn(serve_dial(
             dial,
             service.clone(),
-            t.clone(),
+            config.clone(),
             connect_timeout,
             netns.clone(),
+            permit,
         ));
     }
     health_tasks.iter().for_each(JoinHandle::abort);
@@ -469,9 +479,10 @@ fn split_host_port(s: &str) -> Option<(String, u16)> {
 async fn serve_dial(
     dial: IncomingDial,
     service: String,
-    t: HostV1,
+    t: std::sync::Arc<HostV1>,
     connect_timeout: Duration,
     netns: Option<NetnsThread>,
+    connecting: tokio::sync::OwnedSemaphorePermit,
 ) {
     let app = match dial.peer().app_data.as_deref().map(AppData::parse) {
         None => AppData::default(),
@@ -505,6 +516,7 @@ async fn serve_dial(
             return;
         }
     };
+    drop(connecting);
     let stream = match dial.accept_now() {
         Ok(s) => s,
         Err(e) => {
@@ -559,7 +571,7 @@ async fn relay_datagrams(stream: ziti_sdk::EdgeStream, udp: tokio::net::UdpSocke
             },
             r = udp.recv(&mut down) => match r {
                 Ok(n) => {
-                    if wr.write_all(&Bytes::copy_from_slice(&down[..n])).await.is_err() {
+                    if wr.write_all(&down[..n]).await.is_err() {
                         break;
                     }
                 }

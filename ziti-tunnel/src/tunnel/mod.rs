@@ -34,7 +34,7 @@ mod status;
 
 pub use builder::TunnelBuilder;
 pub use handle::{TunnelHandle, TunnelMonitor, TunnelStats};
-pub use host_only::{HostIdentity, host_only};
+pub use host_only::host_only;
 pub use status::{
     DialCounts, DialOutcome, FlowStatus, HostingStatus, IdentityStatus, InterceptStatus,
     RouterStatus, ServiceStatus, TunnelStatus, TunnelTotals,
@@ -167,6 +167,32 @@ pub enum TunnelError {
     /// The tunnel's task ended abnormally (it panicked, or its runtime shut down).
     #[error("the tunnel's task failed")]
     Task(#[source] tokio::task::JoinError),
+}
+
+/// Forwards the service events of identity `index` to `events` until either side ends.
+fn watch_identity(
+    index: usize,
+    context: &ZitiContext,
+    refresh_interval: Duration,
+    events: tokio::sync::mpsc::Sender<(usize, ziti_sdk::ServiceEvent)>,
+) -> tokio::task::JoinHandle<()> {
+    let mut rx = context.controller().watch_services(refresh_interval);
+    tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            if events.send((index, ev)).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// An identity joining or leaving a running tunnel or host-only run.
+#[derive(Debug)]
+pub enum IdentityChange {
+    /// Use this identity (it has authenticated).
+    Add(TunnelIdentity),
+    /// Stop using the identity of this name.
+    Remove(String),
 }
 
 /// One identity the tunnel runs with.
