@@ -209,7 +209,10 @@ async fn host_terminator(ctx: ZitiContext, service: String, t: HostV1, netns: Op
         };
         // Dials waiting for their server are bounded: a flood is refused, not queued.
         let Ok(permit) = connecting.clone().try_acquire_owned() else {
-            tracing::warn!(service, "too many dials waiting for the hosted server; refusing one");
+            tracing::warn!(
+                service,
+                "too many dials waiting for the hosted server; refusing one"
+            );
             dial.reject("host is too busy").await;
             continue;
         };
