@@ -13,8 +13,30 @@
 //! # let _ = tokens.changed().await; Ok(()) }
 //! ```
 
+/// Evaluates `$op` (an expression using the Client API URL bound to `$api`) against the current
+/// controller; when that one cannot answer (unreachable, or a cluster member without a leader),
+/// against the next, each known controller at most once. (A macro, not a function taking an
+/// async closure, so the futures stay `Send`.)
+macro_rules! on_any_controller {
+    ($ctrl:expr, $api:ident => $op:expr) => {{
+        let tries = $ctrl.controller_count();
+        let mut attempt = 1;
+        loop {
+            let $api = $ctrl.api_url();
+            match $op {
+                Err(e) if attempt < tries && $crate::controller::worth_another_controller(&e) => {
+                    $ctrl.fail_over(&$api, &e);
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
 mod api_error;
 mod auth;
+mod endpoints;
 mod http;
 mod legacy;
 mod oidc;
@@ -160,15 +182,15 @@ pub struct Controller {
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Controller")
-            .field("api", &self.inner.api.as_str())
+            .field("api", &self.api_url().as_str())
             .finish_non_exhaustive()
     }
 }
 
 struct Inner {
     http: reqwest::Client,
-    api: Url,
-    root: Url,
+    /// The identity's controllers and the cluster members learned since; one is current.
+    endpoints: std::sync::Mutex<endpoints::Endpoints>,
     several_controllers: bool,
     config: ControllerConfig,
     version: VersionInfo,
@@ -230,11 +252,11 @@ impl Controller {
         for api in urls {
             match version::fetch(&http, api).await {
                 Ok(version) => {
+                    tracing::info!(controller = %api, version = %version.version, "using controller");
                     let (token_tx, _) = watch::channel(None);
                     let inner = Arc::new(Inner {
                         http,
-                        root: controller_root(api),
-                        api: api.clone(),
+                        endpoints: std::sync::Mutex::new(endpoints::Endpoints::new(urls, api)),
                         several_controllers: urls.len() > 1,
                         config,
                         version,
@@ -259,9 +281,98 @@ impl Controller {
         &self.inner.version
     }
 
-    /// Client API URL in use.
-    pub fn api_url(&self) -> &Url {
-        &self.inner.api
+    /// Client API URL in use (it changes when that controller stops answering and another
+    /// member of the cluster is used).
+    pub fn api_url(&self) -> Url {
+        match self.inner.endpoints.lock() {
+            Ok(e) => e.current().clone(),
+            Err(poisoned) => poisoned.into_inner().current().clone(),
+        }
+    }
+
+    /// Every controller this client knows: the identity's URLs, then the cluster members the
+    /// controllers reported (`GET /controllers`, HA clusters only), in the order they are tried.
+    pub fn controllers(&self) -> Vec<Url> {
+        match self.inner.endpoints.lock() {
+            Ok(e) => e.all().to_vec(),
+            Err(poisoned) => poisoned.into_inner().all().to_vec(),
+        }
+    }
+
+    pub(crate) fn controller_count(&self) -> usize {
+        self.inner.endpoints.lock().map(|e| e.len()).unwrap_or(1)
+    }
+
+    /// `failed` did not answer: move to the next known controller (once per failure, however
+    /// many requests saw it).
+    pub(crate) fn fail_over(&self, failed: &Url, why: &ControllerError) {
+        let next = self
+            .inner
+            .endpoints
+            .lock()
+            .ok()
+            .and_then(|mut e| e.fail_over(failed));
+        if let Some(next) = next {
+            tracing::warn!(from = %failed, to = %next, reason = %error_chain(why), "controller not answering; using another");
+        }
+    }
+
+    /// `GET /controllers?limit=100` with the current token (never logging in: this runs after a
+    /// login or refresh), the envelope's `data`.
+    async fn cluster_listing(&self) -> Result<Value, ControllerError> {
+        let token = match self.inner.auth.lock().await.as_ref() {
+            Some(s) => s.token.clone(),
+            None => return Ok(Value::Null),
+        };
+        let api = self.api_url();
+        let url = api_join(&api, "controllers?limit=100")?;
+        let (name, value) = token.header();
+        let resp = self
+            .inner
+            .http
+            .get(url.clone())
+            .header(name, value)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| Unreachable::new(&url, e))?;
+        let status = resp.status().as_u16();
+        let body = read_body(&url, resp).await?;
+        if !(200..300).contains(&status) {
+            return Err(ControllerError::Api(ApiError::from_body(status, &body)));
+        }
+        let mut v: Value =
+            serde_json::from_slice(&body).map_err(|source| ControllerError::Decode {
+                what: "GET controllers".into(),
+                source,
+            })?;
+        Ok(v.get_mut("data").map(Value::take).unwrap_or(Value::Null))
+    }
+
+    /// Adds the cluster's members (`GET /controllers`) to the controllers tried when the current
+    /// one stops answering. Only HA controllers have the listing.
+    async fn learn_cluster(&self) {
+        if !self.inner.version.has_capability("HA_CONTROLLER") {
+            return;
+        }
+        match self.cluster_listing().await {
+            Ok(data) => {
+                let members = endpoints::cluster_client_urls(&data);
+                let learned = self
+                    .inner
+                    .endpoints
+                    .lock()
+                    .map(|mut e| e.learn(&members))
+                    .unwrap_or(false);
+                if learned {
+                    let all: Vec<String> = self.controllers().iter().map(Url::to_string).collect();
+                    tracing::info!(controllers = ?all, "controller cluster members");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %error_chain(&e), "cannot list the controller cluster")
+            }
+        }
     }
 
     /// The configuration.
@@ -289,6 +400,9 @@ impl Controller {
         self.inner.sessions.clear();
         self.publish(&token);
         self.ensure_refresher();
+        // The other members of an HA cluster, in case this one stops answering.
+        let me = self.clone();
+        tokio::spawn(async move { me.learn_cluster().await });
         Ok(token)
     }
 
@@ -322,17 +436,21 @@ impl Controller {
     }
 
     async fn login(&self) -> Result<AuthSession, ControllerError> {
+        on_any_controller!(self, api => self.login_at(&api).await)
+    }
+
+    async fn login_at(&self, api: &Url) -> Result<AuthSession, ControllerError> {
         let inner = &self.inner;
         let cfg_types = &inner.config.config_types;
         match self.auth_kind() {
             TokenKind::Oidc => {
-                let t = oidc::login(&inner.http, &inner.root, cfg_types)
+                let t = oidc::login(&inner.http, &controller_root(api), cfg_types)
                     .await
                     .map_err(|e| wrap_auth("OIDC", e))?;
                 Ok(oidc_session(t))
             }
             TokenKind::Legacy => {
-                let a = legacy::authenticate(&inner.http, &inner.api, cfg_types)
+                let a = legacy::authenticate(&inner.http, api, cfg_types)
                     .await
                     .map_err(|e| wrap_auth("legacy", e))?;
                 Ok(AuthSession {
@@ -352,26 +470,26 @@ impl Controller {
         let refreshed = match guard.as_ref() {
             Some(s) => match (s.token.kind(), s.refresh_token.as_deref()) {
                 (TokenKind::Oidc, Some(rt)) => {
-                    oidc::refresh(&self.inner.http, &self.inner.root, rt)
-                        .await
-                        .map(|mut t| {
-                            // A provider may omit a new refresh token; the old one stays valid.
-                            if t.refresh_token.is_none() {
-                                t.refresh_token = Some(rt.to_string());
-                            }
-                            oidc_session(t)
-                        })
+                    on_any_controller!(self, api => {
+                        oidc::refresh(&self.inner.http, &controller_root(&api), rt).await
+                    })
+                    .map(|mut t| {
+                        // A provider may omit a new refresh token; the old one stays valid.
+                        if t.refresh_token.is_none() {
+                            t.refresh_token = Some(rt.to_string());
+                        }
+                        oidc_session(t)
+                    })
                 }
-                (TokenKind::Legacy, _) => {
-                    legacy::refresh(&self.inner.http, &self.inner.api, s.token.secret())
-                        .await
-                        .map(|a| AuthSession {
-                            token: ApiToken::new(TokenKind::Legacy, &a.token, a.lifetime),
-                            refresh_token: None,
-                            lifetime: a.lifetime,
-                            obtained: Instant::now(),
-                        })
-                }
+                (TokenKind::Legacy, _) => on_any_controller!(self, api => {
+                    legacy::refresh(&self.inner.http, &api, s.token.secret()).await
+                })
+                .map(|a| AuthSession {
+                    token: ApiToken::new(TokenKind::Legacy, &a.token, a.lifetime),
+                    refresh_token: None,
+                    lifetime: a.lifetime,
+                    obtained: Instant::now(),
+                }),
                 (TokenKind::Oidc, None) => {
                     Err(ControllerError::Protocol("no refresh token".into()))
                 }
@@ -420,6 +538,15 @@ impl Controller {
     }
 }
 
+/// Whether another cluster member might answer where this one did not: it was unreachable, or
+/// it answered 503 (busy, or a member cut off from its cluster's leader).
+pub(crate) fn worth_another_controller(e: &ControllerError) -> bool {
+    match e {
+        ControllerError::Unreachable(_) => true,
+        e => e.api_error().is_some_and(|a| a.status == 503),
+    }
+}
+
 fn wrap_auth(kind: &'static str, e: ControllerError) -> ControllerError {
     match e {
         // Transport errors already say everything; MFA is its own case.
@@ -460,7 +587,10 @@ async fn refresh_loop(weak: Weak<Inner>) {
         let Some(inner) = weak.upgrade() else { return };
         let ctrl = Controller { inner };
         match ctrl.refresh_now().await {
-            Ok(_) => failures = 0,
+            Ok(_) => {
+                failures = 0;
+                ctrl.learn_cluster().await;
+            }
             Err(e) => {
                 failures = failures.saturating_add(1);
                 tracing::warn!(error = %error_chain(&e), failures, "API session refresh failed");

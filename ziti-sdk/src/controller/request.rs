@@ -17,14 +17,24 @@ struct Envelope<T> {
 impl Controller {
     /// Sends an authenticated request to `rel` (relative to the Client API, may include a query)
     /// and returns the body of a 2xx answer. On 401 the session is renewed once and the request
-    /// retried.
+    /// retried; when the controller does not answer, the next member of its cluster is asked.
     pub(crate) async fn request(
         &self,
         method: reqwest::Method,
         rel: &str,
         body: Option<&Value>,
     ) -> Result<Vec<u8>, ControllerError> {
-        let url = api_join(&self.inner.api, rel)?;
+        on_any_controller!(self, api => self.request_at(&api, method.clone(), rel, body).await)
+    }
+
+    async fn request_at(
+        &self,
+        api: &url::Url,
+        method: reqwest::Method,
+        rel: &str,
+        body: Option<&Value>,
+    ) -> Result<Vec<u8>, ControllerError> {
+        let url = api_join(api, rel)?;
         for attempt in 0..2 {
             let token = self.current_access_token().await?;
             let (name, value) = token.header();

@@ -3,12 +3,14 @@
 //! A dial or bind names the routers its session offers; the pool hands back a live channel to
 //! one of them, preferring the lowest measured latency. When none is connected it connects to
 //! all offered routers at once and takes the first that completes the hello; the others join
-//! the pool when they finish. Channels that die are dropped and reopened on the next request,
-//! so a router that comes back is used again as soon as it answers.
+//! the pool when they finish. Channels that die are dropped; while a session offers a router the
+//! pool has no channel to, each request tries it again in the background (at most once per
+//! [`RECONNECT_EVERY`]), so a router that comes back is used again within seconds, and a dead
+//! one costs nothing but that attempt.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -17,6 +19,10 @@ use tokio::sync::watch;
 use super::RouterError;
 use super::connection::{ConnectParams, RouterConnection};
 use crate::error_report::error_chain;
+
+/// Least time between two background attempts to reach a router a session offers but the pool
+/// has no channel to.
+pub const RECONNECT_EVERY: Duration = Duration::from_secs(3);
 
 /// An edge router as a session lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -42,6 +48,8 @@ struct Inner {
     sdk_flow_control: std::sync::atomic::AtomicBool,
     channels: Mutex<HashMap<String, RouterConnection>>,
     connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When each router without a channel was last tried in the background.
+    last_background_try: Mutex<HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for RouterPool {
@@ -74,6 +82,7 @@ impl RouterPool {
                 sdk_flow_control: std::sync::atomic::AtomicBool::new(true),
                 channels: Mutex::new(HashMap::new()),
                 connecting: Mutex::new(HashMap::new()),
+                last_background_try: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -101,6 +110,7 @@ impl RouterPool {
             return Err(RouterError::NoRouters);
         }
         if let Some(best) = self.best_live(routers) {
+            self.reach_missing(routers, Instant::now());
             return Ok(best);
         }
         let mut attempts: FuturesUnordered<_> = routers
@@ -149,6 +159,43 @@ impl RouterPool {
             .collect();
         live.sort_by_key(|c| c.latency().unwrap_or(Duration::MAX));
         live
+    }
+
+    /// Starts background connections to the offered routers the pool has no channel to (each at
+    /// most once per [`RECONNECT_EVERY`]), so every router a session offers is ready for the
+    /// next dial and a restarted router rejoins.
+    fn reach_missing(&self, routers: &[RouterAddr], now: Instant) {
+        let missing: Vec<RouterAddr> = {
+            let Ok(map) = self.inner.channels.lock() else {
+                return;
+            };
+            routers
+                .iter()
+                .filter(|r| map.get(&r.url).is_none_or(RouterConnection::is_closed))
+                .cloned()
+                .collect()
+        };
+        if missing.is_empty() {
+            return;
+        }
+        let Ok(mut tried) = self.inner.last_background_try.lock() else {
+            return;
+        };
+        for r in missing {
+            if tried
+                .get(&r.url)
+                .is_some_and(|at| now.saturating_duration_since(*at) < RECONNECT_EVERY)
+            {
+                continue;
+            }
+            tried.insert(r.url.clone(), now);
+            let pool = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = pool.get_or_connect(&r).await {
+                    tracing::debug!(router = %r.name, error = %error_chain(&e), "edge router still unreachable");
+                }
+            });
+        }
     }
 
     fn best_live(&self, routers: &[RouterAddr]) -> Option<RouterConnection> {

@@ -557,6 +557,12 @@ impl Driver {
                     false => "not authenticated".into(),
                 },
                 controller: ctx.controller().api_url().to_string(),
+                controllers: ctx
+                    .controller()
+                    .controllers()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
                 services: member.services.len(),
             });
             for s in member.services.values() {

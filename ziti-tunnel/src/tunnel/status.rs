@@ -42,8 +42,11 @@ pub struct IdentityStatus {
     pub name: String,
     /// `authenticated` while it holds an API session, else `not authenticated`.
     pub auth: String,
-    /// Its controller's API address.
+    /// The API address of the controller in use.
     pub controller: String,
+    /// Every controller it knows (the identity's, then the HA cluster's members), in the order
+    /// they are tried when the one in use stops answering.
+    pub controllers: Vec<String>,
     /// Services it sees (may dial or bind).
     pub services: usize,
 }
