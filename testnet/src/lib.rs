@@ -3,7 +3,9 @@
 //! [`TestNet::start`] brings up `ziti edge quickstart --no-router` (controller, admin/admin) in a
 //! temporary home on free loopback ports, then one edge router as its own process (so tests can
 //! kill and restart it), the `#public` edge-router policy and the all-services service-edge-router
-//! policy. The `ziti edge` CLI runs with its own `ZITI_CONFIG_DIR`, so parallel networks never
+//! policy. [`TestNet::start_with`] can instead start an HA cluster (the first member with
+//! `quickstart`, the others with `quickstart join`, sharing one PKI) and several routers, each
+//! controller and router its own process that tests stop and restart one at a time. The `ziti edge` CLI runs with its own `ZITI_CONFIG_DIR`, so parallel networks never
 //! share login state. Every process started here dies with the test process, panics included.
 //!
 //! ```no_run
@@ -65,15 +67,23 @@ pub enum TestNetError {
 /// Result alias for this crate.
 pub type Result<T, E = TestNetError> = std::result::Result<T, E>;
 
-/// Quickstart instance id: fixed, so a second quickstart run finds the first one's home.
+/// Quickstart instance id of a single controller: fixed, so a second quickstart run finds the
+/// first one's home. Cluster members are `zt0`, `zt1`, ...
 const QS_INSTANCE: &str = "zt";
+/// SPIFFE trust domain of a cluster's members.
+const QS_TRUST_DOMAIN: &str = "zt-testnet";
 
 /// Settings of a network that differ from the quickstart defaults.
 #[derive(Debug, Clone, Default)]
 pub struct TestNetOptions {
     /// `edge.oidc.accessTokenDuration` (e.g. `"1m"`, the controller's minimum): short-lived OIDC
-    /// access tokens, for tests of token refresh on open channels.
+    /// access tokens, for tests of token refresh on open channels. In a cluster it is set on the
+    /// first member (the one identities are created on, and so the one they log in to).
     pub access_token_duration: Option<String>,
+    /// Controllers: 0 or 1 for one controller; more make an HA (raft) cluster.
+    pub controllers: usize,
+    /// Edge routers (0 means 1); router `i` is given controller `i % controllers` to join.
+    pub routers: usize,
 }
 
 /// Edge-router details of the network.
@@ -85,18 +95,34 @@ pub struct RouterInfo {
     pub port: u16,
     config: PathBuf,
     log: PathBuf,
+    /// Port of the controller it is configured with.
+    ctrl_port: u16,
 }
 
-/// A running controller + edge router.
+/// One controller (a cluster member when there are several).
+#[derive(Debug)]
+struct Member {
+    /// Quickstart instance id.
+    instance: String,
+    port: u16,
+    /// The first member's port when this one joins a cluster.
+    join: Option<u16>,
+    log: PathBuf,
+    process: Mutex<ChildGuard>,
+}
+
+/// A running controller (or HA cluster) and its edge routers.
 #[derive(Debug)]
 pub struct TestNet {
     ziti: PathBuf,
     home: tempfile::TempDir,
-    ctrl_port: u16,
     cli_dir: PathBuf,
-    router: RouterInfo,
-    controller: Mutex<ChildGuard>,
-    router_proc: Mutex<Option<ChildGuard>>,
+    /// Several members make a cluster.
+    members: Vec<Member>,
+    /// The member the CLI is logged in to.
+    cli_member: Mutex<usize>,
+    routers: Vec<RouterInfo>,
+    router_procs: Vec<Mutex<Option<ChildGuard>>>,
     spawned: Mutex<Vec<ChildGuard>>,
 }
 
@@ -139,58 +165,86 @@ impl TestNet {
             .prefix(&format!("zt-testnet-{}-", std::process::id()))
             .tempdir()
             .map_err(|e| TestNetError::Io(format!("temp dir: {e}")))?;
-        let ctrl_port = process::free_port()?;
         let cli_dir = home.path().join("cli");
         std::fs::create_dir_all(&cli_dir).map_err(|e| TestNetError::Io(e.to_string()))?;
 
-        let qs_home = home.path().join("quickstart");
-        let quickstart = || quickstart_command(&ziti, home.path(), ctrl_port, &cli_dir);
+        let count = options.controllers.max(1);
+        let cluster = count > 1;
+        let ports = (0..count)
+            .map(|_| process::free_port())
+            .collect::<Result<Vec<u16>>>()?;
+        let first_port = ports.first().copied().unwrap_or_default();
+        let instance = |i: usize| match cluster {
+            false => QS_INSTANCE.to_string(),
+            true => format!("zt{i}"),
+        };
+        let first = instance(0);
         if let Some(duration) = &options.access_token_duration {
             // Generate the controller config, then edit it before the real start (quickstart
             // reuses an initialised home with the same instance id).
-            let mut cmd = quickstart();
+            let mut cmd = quickstart_command(
+                &ziti,
+                home.path(),
+                &first,
+                first_port,
+                cluster,
+                None,
+                &cli_dir,
+            );
             cmd.arg("--configure-and-exit");
             process::run(cmd, "ziti edge quickstart --configure-and-exit")?;
-            let cfg = qs_home.join(QS_INSTANCE).join("ctrl.yaml");
-            let yaml = std::fs::read_to_string(&cfg)
-                .map_err(|e| TestNetError::Io(format!("read {}: {e}", cfg.display())))?;
-            let patched = yaml.replacen(
-                "\nedge:\n",
-                &format!("\nedge:\n  oidc:\n    accessTokenDuration: {duration}\n"),
-                1,
-            );
-            if patched == yaml {
-                return Err(TestNetError::Io("ctrl.yaml has no `edge:` section".into()));
-            }
-            std::fs::write(&cfg, patched).map_err(|e| TestNetError::Io(e.to_string()))?;
+            patch_token_duration(&home.path().join("quickstart").join(&first), duration)?;
         }
-        let cmd = quickstart();
-        let mut controller =
-            ChildGuard::spawn("controller", cmd, &home.path().join("controller.log"))?;
-        wait_for_controller(&mut controller, ctrl_port)?;
-
-        let router_name = format!("router-{}", std::process::id());
-        let router = RouterInfo {
-            name: router_name.clone(),
-            port: process::free_port()?,
-            config: home
-                .path()
-                .join("router")
-                .join(format!("{router_name}.yaml")),
-            log: home.path().join("router.log"),
+        let log = match cluster {
+            false => home.path().join("controller.log"),
+            true => home.path().join(format!("controller-{first}.log")),
         };
-        let net = TestNet {
+        let cmd = quickstart_command(
+            &ziti,
+            home.path(),
+            &first,
+            first_port,
+            cluster,
+            None,
+            &cli_dir,
+        );
+        let mut process = ChildGuard::spawn(&format!("controller {first}"), cmd, &log)?;
+        wait_for_controller(&mut process, first_port)?;
+        let first_member = Member {
+            instance: first,
+            port: first_port,
+            join: None,
+            log,
+            process: Mutex::new(process),
+        };
+
+        let mut routers = Vec::new();
+        for i in 0..options.routers.max(1) {
+            let name = match i {
+                0 => format!("router-{}", std::process::id()),
+                i => format!("router-{}-{i}", std::process::id()),
+            };
+            routers.push(RouterInfo {
+                port: process::free_port()?,
+                config: home.path().join("router").join(format!("{name}.yaml")),
+                log: home.path().join(format!("{name}.log")),
+                ctrl_port: ports.get(i % count).copied().unwrap_or(first_port),
+                name,
+            });
+        }
+        let router_procs = routers.iter().map(|_| Mutex::new(None)).collect();
+        let mut net = TestNet {
             ziti,
             home,
-            ctrl_port,
             cli_dir,
-            router,
-            controller: Mutex::new(controller),
-            router_proc: Mutex::new(None),
+            members: vec![first_member],
+            cli_member: Mutex::new(0),
+            routers,
+            router_procs,
             spawned: Mutex::new(Vec::new()),
         };
-        net.login()?;
-        net.setup_router()?;
+        net.login(0)?;
+        // A model update: retried until the (first) controller leads, so members can join.
         net.ziti(&[
             "edge",
             "create",
@@ -201,6 +255,13 @@ impl TestNet {
             "--identity-roles",
             "#all",
         ])?;
+        for (i, port) in ports.iter().enumerate().skip(1) {
+            let member = net.join_member(&instance(i), *port, first_port)?;
+            net.members.push(member);
+        }
+        for r in &net.routers {
+            net.setup_router(r)?;
+        }
         net.ziti(&[
             "edge",
             "create",
@@ -211,8 +272,73 @@ impl TestNet {
             "--service-roles",
             "#all",
         ])?;
-        net.start_router()?;
+        for i in 0..net.routers.len() {
+            net.start_router_of(i)?;
+        }
         Ok(net)
+    }
+
+    /// Starts a controller that joins the cluster led by the one on `first_port`, and waits
+    /// until the cluster lists it. A join refused while the cluster has no leader is tried again
+    /// from scratch (a few times).
+    fn join_member(&self, instance: &str, port: u16, first_port: u16) -> Result<Member> {
+        let log = self.home.path().join(format!("controller-{instance}.log"));
+        let mut last = String::new();
+        for _ in 0..4 {
+            let cmd = quickstart_command(
+                &self.ziti,
+                self.home.path(),
+                instance,
+                port,
+                true,
+                Some(first_port),
+                &self.cli_dir,
+            );
+            let mut process = ChildGuard::spawn(&format!("controller {instance}"), cmd, &log)?;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let joined = loop {
+                if !process.is_running() {
+                    break false;
+                }
+                let listed = self
+                    .ziti(&["fabric", "list", "controllers", "-j"])
+                    .ok()
+                    .and_then(|out| serde_json::from_str::<serde_json::Value>(&out).ok())
+                    .is_some_and(|v| {
+                        v["data"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|c| c["id"] == instance)
+                    });
+                if listed && wait_for_controller(&mut process, port).is_ok() {
+                    break true;
+                }
+                if Instant::now() > deadline {
+                    return Err(TestNetError::Timeout(format!(
+                        "controller {instance} did not join in 120 s; last output:\n{}",
+                        process.log_tail(30)
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            };
+            if joined {
+                return Ok(Member {
+                    instance: instance.to_string(),
+                    port,
+                    join: Some(first_port),
+                    log,
+                    process: Mutex::new(process),
+                });
+            }
+            last = process.log_tail(10);
+            // The failed join left an initialised home that would skip joining next time.
+            let _ = std::fs::remove_dir_all(self.home.path().join("quickstart").join(instance));
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        Err(TestNetError::Process(format!(
+            "controller {instance} could not join the cluster; last output:\n{last}"
+        )))
     }
 
     /// Path of the `ziti` binary in use.
@@ -225,39 +351,96 @@ impl TestNet {
         self.home.path()
     }
 
-    /// Controller port on 127.0.0.1.
+    /// Port of the first controller on 127.0.0.1.
     pub fn ctrl_port(&self) -> u16 {
-        self.ctrl_port
+        self.ctrl_port_of(0)
     }
 
-    /// Controller base URL, `https://127.0.0.1:<port>`.
+    /// Base URL of the first controller, `https://127.0.0.1:<port>`.
     pub fn ctrl_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.ctrl_port)
+        self.ctrl_url_of(0)
     }
 
-    /// The edge router.
+    /// How many controllers the network has (more than one: an HA cluster).
+    pub fn controllers(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Port of controller `i` on 127.0.0.1 (0 when there is no such controller).
+    pub fn ctrl_port_of(&self, i: usize) -> u16 {
+        self.members.get(i).map_or(0, |m| m.port)
+    }
+
+    /// Base URL of controller `i`, `https://127.0.0.1:<port>`.
+    pub fn ctrl_url_of(&self, i: usize) -> String {
+        format!("https://127.0.0.1:{}", self.ctrl_port_of(i))
+    }
+
+    /// The first edge router.
     pub fn router(&self) -> &RouterInfo {
-        &self.router
+        &self.routers[0]
+    }
+
+    /// Every edge router.
+    pub fn routers(&self) -> &[RouterInfo] {
+        &self.routers
     }
 
     /// Runs `ziti <args>` with this network's CLI state; returns stdout.
     ///
     /// A controller that has just (re)started may not have elected a raft leader yet and answers
-    /// model updates with 503 `CLUSTER_NO_LEADER`; such commands are retried for up to 60 s.
+    /// model updates with 503 `CLUSTER_NO_LEADER`, and a cluster member whose leader was just
+    /// stopped answers 429 while it still forwards to it; such commands are retried for up to
+    /// 60 s. When
+    /// the controller the CLI is logged in to has been stopped, it logs in to a running member.
     pub fn ziti(&self, args: &[&str]) -> Result<String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let mut cmd = self.command();
             cmd.args(args);
             match process::run(cmd, &format!("ziti {}", args.join(" "))) {
-                Err(TestNetError::Cli(msg))
-                    if msg.contains("CLUSTER_NO_LEADER") && Instant::now() < deadline =>
-                {
+                Err(TestNetError::Cli(msg)) if is_leaderless(&msg) && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) if args.first() == Some(&"edge") && self.move_cli_to_live_member()? => {
+                    tracing::debug!(error = %e, "CLI moved to a running controller; retrying");
                 }
                 other => return other,
             }
         }
+    }
+
+    /// If the controller the CLI is logged in to is stopped, logs in to a running one; whether
+    /// it moved.
+    fn move_cli_to_live_member(&self) -> Result<bool> {
+        let current = self.cli_member.lock().map(|m| *m).unwrap_or(0);
+        if self.member_running(current) {
+            return Ok(false);
+        }
+        match (0..self.members.len()).find(|i| self.member_running(*i)) {
+            Some(live) => {
+                self.login(live)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn member_running(&self, i: usize) -> bool {
+        self.members
+            .get(i)
+            .and_then(|m| m.process.lock().ok().map(|mut p| p.is_running()))
+            .unwrap_or(false)
+    }
+
+    /// The URL of a running controller (the CLI's when it runs), for direct API calls.
+    fn live_ctrl_url(&self) -> String {
+        let current = self.cli_member.lock().map(|m| *m).unwrap_or(0);
+        let live = std::iter::once(current)
+            .chain(0..self.members.len())
+            .find(|i| self.member_running(*i))
+            .unwrap_or(0);
+        self.ctrl_url_of(live)
     }
 
     /// A `ziti` command preconfigured with this network's CLI state.
@@ -268,88 +451,103 @@ impl TestNet {
         cmd
     }
 
-    fn login(&self) -> Result<()> {
-        let addr = format!("127.0.0.1:{}", self.ctrl_port);
+    fn login(&self, member: usize) -> Result<()> {
+        let addr = format!("127.0.0.1:{}", self.ctrl_port_of(member));
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            match self.ziti(&["edge", "login", &addr, "-u", "admin", "-p", "admin", "-y"]) {
-                Ok(_) => return Ok(()),
+            let mut cmd = self.command();
+            cmd.args(["edge", "login", &addr, "-u", "admin", "-p", "admin", "-y"]);
+            match process::run(cmd, "ziti edge login") {
+                Ok(_) => {
+                    if let Ok(mut m) = self.cli_member.lock() {
+                        *m = member;
+                    }
+                    return Ok(());
+                }
                 Err(e) if Instant::now() > deadline => return Err(e),
                 Err(_) => std::thread::sleep(Duration::from_millis(500)),
             }
         }
     }
 
-    fn setup_router(&self) -> Result<()> {
+    fn setup_router(&self, router: &RouterInfo) -> Result<()> {
         let dir = self.home.path().join("router");
         std::fs::create_dir_all(&dir).map_err(|e| TestNetError::Io(e.to_string()))?;
-        let jwt = dir.join(format!("{}.jwt", self.router.name));
+        let jwt = dir.join(format!("{}.jwt", router.name));
         let jwt_s = path_str(&jwt)?;
         self.ziti(&[
             "edge",
             "create",
             "edge-router",
-            &self.router.name,
+            &router.name,
             "--jwt-output-file",
             jwt_s,
             "--tunneler-enabled",
             "--role-attributes",
             "public",
         ])?;
-        let mut cmd = self.router_command();
+        let mut cmd = self.router_command(router);
         cmd.args(["create", "config", "router", "edge", "--routerName"])
-            .arg(&self.router.name)
+            .arg(&router.name)
             .arg("--output")
-            .arg(&self.router.config);
+            .arg(&router.config);
         process::run(cmd, "ziti create config router edge")?;
-        let mut cmd = self.router_command();
+        let mut cmd = self.router_command(router);
         cmd.args(["router", "enroll"])
-            .arg(&self.router.config)
+            .arg(&router.config)
             .arg("--jwt")
             .arg(&jwt);
         process::run(cmd, "ziti router enroll")?;
         Ok(())
     }
 
-    fn router_command(&self) -> Command {
+    fn router_command(&self, router: &RouterInfo) -> Command {
         let mut cmd = self.command();
-        let port = self.router.port.to_string();
+        let port = router.port.to_string();
         cmd.env("ZITI_HOME", self.home.path().join("router"))
             .env("ZITI_CTRL_ADVERTISED_ADDRESS", "127.0.0.1")
-            .env("ZITI_CTRL_ADVERTISED_PORT", self.ctrl_port.to_string())
+            .env("ZITI_CTRL_ADVERTISED_PORT", router.ctrl_port.to_string())
             .env("ZITI_ROUTER_ADVERTISED_ADDRESS", "127.0.0.1")
             .env("ZITI_ROUTER_PORT", &port)
             .env("ZITI_ROUTER_LISTENER_BIND_PORT", &port);
         cmd
     }
 
-    /// Starts (or restarts) the edge router and waits until the controller reports it online.
+    /// Starts (or restarts) the first edge router and waits until the controller reports it
+    /// online.
     pub fn start_router(&self) -> Result<()> {
-        let mut slot = self
-            .router_proc
+        self.start_router_of(0)
+    }
+
+    /// Starts (or restarts) edge router `i` and waits until the controller reports it online.
+    pub fn start_router_of(&self, i: usize) -> Result<()> {
+        let (Some(router), Some(slot)) = (self.routers.get(i), self.router_procs.get(i)) else {
+            return Err(TestNetError::Process(format!("no router {i}")));
+        };
+        let mut slot = slot
             .lock()
             .map_err(|_| TestNetError::Io("router lock poisoned".into()))?;
         if slot.is_some() {
             return Ok(());
         }
-        let mut cmd = self.router_command();
-        cmd.args(["router", "run"]).arg(&self.router.config);
-        let mut guard = ChildGuard::spawn("router", cmd, &self.router.log)?;
+        let mut cmd = self.router_command(router);
+        cmd.args(["router", "run"]).arg(&router.config);
+        let mut guard = ChildGuard::spawn(&format!("router {i}"), cmd, &router.log)?;
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let listening = std::net::TcpStream::connect(("127.0.0.1", self.router.port)).is_ok();
-            if listening && self.router_online()? {
+            let listening = std::net::TcpStream::connect(("127.0.0.1", router.port)).is_ok();
+            if listening && self.router_online_of(i)? {
                 break;
             }
             if !guard.is_running() {
                 return Err(TestNetError::Process(format!(
-                    "router exited; last output:\n{}",
+                    "router {i} exited; last output:\n{}",
                     guard.log_tail(30)
                 )));
             }
             if Instant::now() > deadline {
                 return Err(TestNetError::Timeout(format!(
-                    "router not online after 120 s; last output:\n{}",
+                    "router {i} not online after 120 s; last output:\n{}",
                     guard.log_tail(30)
                 )));
             }
@@ -359,50 +557,90 @@ impl TestNet {
         Ok(())
     }
 
-    /// Kills the controller (for tests of a controller that is down). The router, and the
-    /// clients, keep running. [`TestNet::start_controller`] brings it back.
+    /// Kills the first controller (for tests of a controller that is down). The routers, and
+    /// the clients, keep running. [`TestNet::start_controller`] brings it back.
     pub fn stop_controller(&self) -> Result<()> {
-        let mut c = self
-            .controller
+        self.stop_controller_of(0)
+    }
+
+    /// Kills controller `i`; [`TestNet::start_controller_of`] brings it back.
+    pub fn stop_controller_of(&self, i: usize) -> Result<()> {
+        let Some(m) = self.members.get(i) else {
+            return Err(TestNetError::Process(format!("no controller {i}")));
+        };
+        m.process
             .lock()
-            .map_err(|_| TestNetError::Io("controller lock poisoned".into()))?;
-        c.kill();
+            .map_err(|_| TestNetError::Io("controller lock poisoned".into()))?
+            .kill();
         Ok(())
     }
 
-    /// Starts the controller again with its database (after [`TestNet::stop_controller`]) and
-    /// waits until it answers.
+    /// Starts the first controller again with its database (after
+    /// [`TestNet::stop_controller`]) and waits until it answers.
     pub fn start_controller(&self) -> Result<()> {
-        let mut c = self
-            .controller
+        self.start_controller_of(0)
+    }
+
+    /// Starts controller `i` again with its database (a cluster member rejoins its cluster) and
+    /// waits until it answers.
+    pub fn start_controller_of(&self, i: usize) -> Result<()> {
+        let Some(m) = self.members.get(i) else {
+            return Err(TestNetError::Process(format!("no controller {i}")));
+        };
+        let mut c = m
+            .process
             .lock()
             .map_err(|_| TestNetError::Io("controller lock poisoned".into()))?;
         if c.is_running() {
             return Ok(());
         }
-        let cmd = quickstart_command(&self.ziti, self.home.path(), self.ctrl_port, &self.cli_dir);
-        let mut guard =
-            ChildGuard::spawn("controller", cmd, &self.home.path().join("controller.log"))?;
-        wait_for_controller(&mut guard, self.ctrl_port)?;
+        let cmd = quickstart_command(
+            &self.ziti,
+            self.home.path(),
+            &m.instance,
+            m.port,
+            self.members.len() > 1,
+            m.join,
+            &self.cli_dir,
+        );
+        let mut guard = ChildGuard::spawn(&format!("controller {}", m.instance), cmd, &m.log)?;
+        wait_for_controller(&mut guard, m.port)?;
         *c = guard;
         Ok(())
     }
 
-    /// Kills the edge router process (for reconnect tests). [`TestNet::start_router`] brings it back.
+    /// Kills the first edge router (for reconnect tests). [`TestNet::start_router`] brings it
+    /// back.
     pub fn stop_router(&self) -> Result<()> {
-        let mut slot = self
-            .router_proc
+        self.stop_router_of(0)
+    }
+
+    /// Kills edge router `i`; [`TestNet::start_router_of`] brings it back.
+    pub fn stop_router_of(&self, i: usize) -> Result<()> {
+        let Some(slot) = self.router_procs.get(i) else {
+            return Err(TestNetError::Process(format!("no router {i}")));
+        };
+        if let Some(mut g) = slot
             .lock()
-            .map_err(|_| TestNetError::Io("router lock poisoned".into()))?;
-        if let Some(mut g) = slot.take() {
+            .map_err(|_| TestNetError::Io("router lock poisoned".into()))?
+            .take()
+        {
             g.kill();
         }
         Ok(())
     }
 
-    /// Whether the controller lists the router as online.
+    /// Whether the controller lists the first router as online.
     pub fn router_online(&self) -> Result<bool> {
-        let filter = format!("name = \"{}\"", self.router.name);
+        self.router_online_of(0)
+    }
+
+    /// Whether the controller lists router `i` as online.
+    pub fn router_online_of(&self, i: usize) -> Result<bool> {
+        let Some(router) = self.routers.get(i) else {
+            return Ok(false);
+        };
+        let filter = format!("name = \"{}\"", router.name);
         let out = self.ziti(&["edge", "list", "edge-routers", &filter, "-j"])?;
         let v: serde_json::Value = serde_json::from_str(&out)
             .map_err(|e| TestNetError::Cli(format!("edge-router listing is not JSON: {e}")))?;
@@ -410,17 +648,33 @@ impl TestNet {
             .as_array()
             .into_iter()
             .flatten()
-            .any(|r| r["name"] == self.router.name.as_str() && r["isOnline"] == true))
+            .any(|r| r["name"] == router.name.as_str() && r["isOnline"] == true))
     }
 
-    /// The router's output so far.
+    /// The first router's output so far.
     pub fn router_log(&self) -> String {
-        std::fs::read_to_string(&self.router.log).unwrap_or_default()
+        self.router_log_of(0)
     }
 
-    /// The controller's output so far.
+    /// Router `i`'s output so far.
+    pub fn router_log_of(&self, i: usize) -> String {
+        self.routers
+            .get(i)
+            .and_then(|r| std::fs::read_to_string(&r.log).ok())
+            .unwrap_or_default()
+    }
+
+    /// The first controller's output so far.
     pub fn controller_log(&self) -> String {
-        self.controller.lock().map(|c| c.log()).unwrap_or_default()
+        self.controller_log_of(0)
+    }
+
+    /// Controller `i`'s output so far.
+    pub fn controller_log_of(&self, i: usize) -> String {
+        self.members
+            .get(i)
+            .and_then(|m| std::fs::read_to_string(&m.log).ok())
+            .unwrap_or_default()
     }
 
     /// Creates an identity with role attributes; returns the path of its enrollment JWT.
@@ -518,7 +772,7 @@ impl TestNet {
         ])
         .arg(format!(
             "{}/edge/management/v1/authenticate?method=password",
-            self.ctrl_url()
+            self.live_ctrl_url()
         ));
         let v = json_reply(process::run(cmd, "management login")?, "management login")?;
         v["data"]["token"]
@@ -543,7 +797,10 @@ impl TestNet {
             cmd.args(["-H", "content-type: application/json", "--data"])
                 .arg(body.to_string());
         }
-        cmd.arg(format!("{}/edge/management/v1/{path}", self.ctrl_url()));
+        cmd.arg(format!(
+            "{}/edge/management/v1/{path}",
+            self.live_ctrl_url()
+        ));
         json_reply(process::run(cmd, &what)?, &what)
     }
 
@@ -670,31 +927,67 @@ impl Drop for TestNet {
         if let Ok(mut v) = self.spawned.lock() {
             v.clear();
         }
-        let _ = self.stop_router();
-        if let Ok(mut c) = self.controller.lock() {
-            c.kill();
+        for i in 0..self.routers.len() {
+            let _ = self.stop_router_of(i);
+        }
+        for i in 0..self.members.len() {
+            let _ = self.stop_controller_of(i);
         }
     }
 }
 
-/// `ziti edge quickstart` for the controller of the network in `home`: the first start
-/// initialises `home/quickstart`, later starts reuse it (same instance id).
-fn quickstart_command(ziti: &Path, home: &Path, ctrl_port: u16, cli_dir: &Path) -> Command {
+/// `ziti edge quickstart` for controller `instance` of the network in `home`: the first start
+/// initialises `home/quickstart/<instance>`, later starts reuse it. Cluster members share
+/// `home/quickstart` (its PKI) and a trust domain; all but the first `join` the first.
+fn quickstart_command(
+    ziti: &Path,
+    home: &Path,
+    instance: &str,
+    ctrl_port: u16,
+    cluster: bool,
+    join: Option<u16>,
+    cli_dir: &Path,
+) -> Command {
     let mut cmd = Command::new(ziti);
-    cmd.args([
-        "edge",
-        "quickstart",
-        "--no-router",
-        "--instance-id",
-        QS_INSTANCE,
-    ])
-    .arg("--home")
-    .arg(home.join("quickstart"))
-    .args(["--ctrl-address", "127.0.0.1", "--ctrl-port"])
-    .arg(ctrl_port.to_string())
-    .env("ZITI_CONFIG_DIR", cli_dir)
-    .env("HOME", home);
+    cmd.args(["edge", "quickstart"]);
+    if let Some(first) = join {
+        cmd.args(["join", "--cluster-member"])
+            .arg(format!("tls:127.0.0.1:{first}"));
+    }
+    cmd.args(["--no-router", "--instance-id", instance]);
+    if cluster {
+        cmd.args(["--trust-domain", QS_TRUST_DOMAIN]);
+    }
+    cmd.arg("--home")
+        .arg(home.join("quickstart"))
+        .args(["--ctrl-address", "127.0.0.1", "--ctrl-port"])
+        .arg(ctrl_port.to_string())
+        .env("ZITI_CONFIG_DIR", cli_dir)
+        .env("HOME", home);
     cmd
+}
+
+/// Whether a CLI failure says the cluster has no (reachable) leader for the moment.
+fn is_leaderless(msg: &str) -> bool {
+    msg.contains("CLUSTER_NO_LEADER")
+        || msg.contains("SERVER_TOO_MANY_REQUESTS")
+        || msg.contains("error dialing peer")
+}
+
+/// Sets `edge.oidc.accessTokenDuration` in the controller config under `instance_home`.
+fn patch_token_duration(instance_home: &Path, duration: &str) -> Result<()> {
+    let cfg = instance_home.join("ctrl.yaml");
+    let yaml = std::fs::read_to_string(&cfg)
+        .map_err(|e| TestNetError::Io(format!("read {}: {e}", cfg.display())))?;
+    let patched = yaml.replacen(
+        "\nedge:\n",
+        &format!("\nedge:\n  oidc:\n    accessTokenDuration: {duration}\n"),
+        1,
+    );
+    if patched == yaml {
+        return Err(TestNetError::Io("ctrl.yaml has no `edge:` section".into()));
+    }
+    std::fs::write(&cfg, patched).map_err(|e| TestNetError::Io(e.to_string()))
 }
 
 fn wait_for_controller(controller: &mut ChildGuard, port: u16) -> Result<()> {

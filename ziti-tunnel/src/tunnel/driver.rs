@@ -256,6 +256,7 @@ impl Driver {
 
     fn start_flow(&mut self, flow: NewFlow) {
         let Some((service, ctx, opts)) = self.dial_target(Protocol::Tcp, flow.src, flow.dst) else {
+            tracing::debug!(src = %flow.src, dst = %flow.dst, "no intercept matches; connection refused");
             self.stack.refuse_flow(flow.id);
             return;
         };
