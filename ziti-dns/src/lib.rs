@@ -29,6 +29,8 @@
 //! # Ok::<(), ziti_dns::TableError>(())
 //! ```
 
+/// Fresh-first, oldest-released-next numbering shared by both address pools.
+mod allocator;
 /// The sans-IO answering core: query bytes in, reply / forward / drop out.
 pub mod answer;
 /// Server configuration: listen address, pool, upstreams, limits.

@@ -5,10 +5,11 @@
 //! released ones, and released ones are reused oldest-first, so that an address a
 //! client may still have cached is reassigned as late as possible.
 
-use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
+
+use crate::allocator::Allocator;
 
 /// Errors about the address pool.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,16 +140,8 @@ fn mask(prefix: u8) -> u32 {
 #[derive(Debug, Clone)]
 pub struct IpPool {
     cidr: Ipv4Cidr,
-    /// First address handed to names (network + 2).
-    first: u32,
-    /// Last address handed to names (broadcast - 1).
-    last: u32,
-    /// Next never-used address; `last + 1` once every address was used once.
-    next: u64,
-    /// Released addresses, oldest first.
-    free: VecDeque<u32>,
-    /// Same contents as `free`, to refuse double releases in O(1).
-    free_set: HashSet<u32>,
+    /// From network + 2 to broadcast - 1.
+    addresses: Allocator,
 }
 
 impl IpPool {
@@ -156,13 +149,10 @@ impl IpPool {
     pub fn new(cidr: Ipv4Cidr) -> Self {
         let first = u32::from(cidr.network()).saturating_add(2);
         let last = cidr.broadcast().saturating_sub(1);
+        let capacity = u128::from(last.saturating_sub(first)) + 1;
         Self {
             cidr,
-            first,
-            last,
-            next: u64::from(first),
-            free: VecDeque::new(),
-            free_set: HashSet::new(),
+            addresses: Allocator::new(u128::from(first), capacity),
         }
     }
 
@@ -173,58 +163,43 @@ impl IpPool {
 
     /// How many addresses can be held at once.
     pub fn capacity(&self) -> u32 {
-        self.last.saturating_sub(self.first).saturating_add(1)
+        u32::try_from(self.addresses.capacity()).unwrap_or(u32::MAX)
     }
 
     /// How many addresses are currently held.
     pub fn in_use(&self) -> u32 {
-        let handed_out = self.next.saturating_sub(u64::from(self.first));
-        let free = self.free.len() as u64;
-        u32::try_from(handed_out.saturating_sub(free)).unwrap_or(u32::MAX)
+        u32::try_from(self.addresses.in_use()).unwrap_or(u32::MAX)
+    }
+
+    fn exhausted(&self) -> PoolError {
+        PoolError::Exhausted {
+            pool: self.cidr,
+            capacity: self.capacity(),
+        }
     }
 
     /// Whether [`IpPool::allocate`] would succeed; the error it would return if not.
     pub(crate) fn check_room(&self) -> Result<(), PoolError> {
-        if self.next <= u64::from(self.last) || !self.free.is_empty() {
+        if self.addresses.has_room() {
             Ok(())
         } else {
-            Err(PoolError::Exhausted {
-                pool: self.cidr,
-                capacity: self.capacity(),
-            })
+            Err(self.exhausted())
         }
     }
 
     /// Takes an address: a never-used one while any is left, else the oldest released one.
     pub fn allocate(&mut self) -> Result<Ipv4Addr, PoolError> {
-        if self.next <= u64::from(self.last) {
-            let ip = self.next as u32;
-            self.next += 1;
-            return Ok(Ipv4Addr::from(ip));
-        }
-        match self.free.pop_front() {
-            Some(ip) => {
-                self.free_set.remove(&ip);
-                Ok(Ipv4Addr::from(ip))
-            }
-            None => Err(PoolError::Exhausted {
-                pool: self.cidr,
-                capacity: self.capacity(),
-            }),
-        }
+        let n = self.addresses.allocate().ok_or_else(|| self.exhausted())?;
+        // Every number is within the IPv4 network the allocator was made from.
+        u32::try_from(n)
+            .map(Ipv4Addr::from)
+            .map_err(|_| self.exhausted())
     }
 
     /// Gives an address back. Returns false (and changes nothing) if `ip` is not
     /// currently allocated from this pool.
     pub fn release(&mut self, ip: Ipv4Addr) -> bool {
-        let raw = u32::from(ip);
-        let handed_out = raw >= self.first && u64::from(raw) < self.next;
-        if !handed_out || self.free_set.contains(&raw) {
-            return false;
-        }
-        self.free.push_back(raw);
-        self.free_set.insert(raw);
-        true
+        self.addresses.release(u128::from(u32::from(ip)))
     }
 }
 

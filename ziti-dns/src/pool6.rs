@@ -9,10 +9,11 @@
 //! oldest-first, so that an address a client may still have cached is
 //! reassigned as late as possible.
 
-use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::net::Ipv6Addr;
 use std::str::FromStr;
+
+use crate::allocator::Allocator;
 
 use crate::pool::PoolError;
 
@@ -114,17 +115,8 @@ fn mask(prefix: u8) -> u128 {
 #[derive(Debug, Clone)]
 pub struct Ipv6Pool {
     cidr: Ipv6Cidr,
-    /// First address handed to names (network + 2).
-    first: u128,
-    /// How many addresses can be held at once.
-    capacity: u128,
-    /// How many never-used addresses were handed out, counted from `first`
-    /// (an offset rather than a next address: the last address may be `u128::MAX`).
-    fresh_used: u128,
-    /// Released addresses, oldest first.
-    free: VecDeque<u128>,
-    /// Same contents as `free`, to refuse double releases in O(1).
-    free_set: HashSet<u128>,
+    /// From network + 2 to the last address of the network.
+    addresses: Allocator,
 }
 
 impl Ipv6Pool {
@@ -135,11 +127,7 @@ impl Ipv6Pool {
         let capacity = cidr.last().saturating_sub(first).saturating_add(1);
         Self {
             cidr,
-            first,
-            capacity,
-            fresh_used: 0,
-            free: VecDeque::new(),
-            free_set: HashSet::new(),
+            addresses: Allocator::new(first, capacity),
         }
     }
 
@@ -150,55 +138,40 @@ impl Ipv6Pool {
 
     /// How many addresses can be held at once.
     pub fn capacity(&self) -> u128 {
-        self.capacity
+        self.addresses.capacity()
     }
 
     /// How many addresses are currently held.
     pub fn in_use(&self) -> u128 {
-        self.fresh_used.saturating_sub(self.free.len() as u128)
+        self.addresses.in_use()
+    }
+
+    fn exhausted(&self) -> PoolError {
+        PoolError::Ipv6Exhausted {
+            pool: self.cidr,
+            capacity: self.capacity(),
+        }
     }
 
     /// Whether [`Ipv6Pool::allocate`] would succeed; the error it would return if not.
     pub(crate) fn check_room(&self) -> Result<(), PoolError> {
-        if self.fresh_used < self.capacity || !self.free.is_empty() {
+        if self.addresses.has_room() {
             Ok(())
         } else {
-            Err(PoolError::Ipv6Exhausted {
-                pool: self.cidr,
-                capacity: self.capacity,
-            })
+            Err(self.exhausted())
         }
     }
 
     /// Takes an address: a never-used one while any is left, else the oldest released one.
     pub fn allocate(&mut self) -> Result<Ipv6Addr, PoolError> {
-        self.check_room()?;
-        if self.fresh_used < self.capacity {
-            let ip = self.first.saturating_add(self.fresh_used);
-            self.fresh_used = self.fresh_used.saturating_add(1);
-            return Ok(Ipv6Addr::from(ip));
-        }
-        let ip = self.free.pop_front().ok_or(PoolError::Ipv6Exhausted {
-            pool: self.cidr,
-            capacity: self.capacity,
-        })?;
-        self.free_set.remove(&ip);
-        Ok(Ipv6Addr::from(ip))
+        let n = self.addresses.allocate().ok_or_else(|| self.exhausted())?;
+        Ok(Ipv6Addr::from(n))
     }
 
     /// Gives an address back. Returns false (and changes nothing) if `ip` is not
     /// currently allocated from this pool.
     pub fn release(&mut self, ip: Ipv6Addr) -> bool {
-        let raw = u128::from(ip);
-        let handed_out = raw
-            .checked_sub(self.first)
-            .is_some_and(|offset| offset < self.fresh_used);
-        if !handed_out || self.free_set.contains(&raw) {
-            return false;
-        }
-        self.free.push_back(raw);
-        self.free_set.insert(raw);
-        true
+        self.addresses.release(u128::from(ip))
     }
 }
 

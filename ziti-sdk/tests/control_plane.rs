@@ -535,6 +535,7 @@ fn access_tokens_are_refreshed_before_they_expire() -> Result<()> {
     init_tracing();
     let net = TestNet::start_with(&TestNetOptions {
         access_token_duration: Some("1m".into()),
+        ..TestNetOptions::default()
     })?;
     let name = unique_name("cpr-short");
     let jwt = std::fs::read_to_string(net.create_identity(&name, &[])?)?;

@@ -360,6 +360,7 @@ async fn channel_outlives_its_oidc_access_token() {
     common::init_tracing();
     let net = TestNet::start_with(&TestNetOptions {
         access_token_duration: Some("1m".into()),
+        ..TestNetOptions::default()
     })
     .unwrap();
     let svc = setup_service(&net, "token", false, None);
