@@ -287,6 +287,24 @@ async fn intercepted_within(name: &str, limit: Duration, log: &Path) -> Duration
     }
 }
 
+/// Rewrites an identity file's controller to member `i` of the cluster.
+fn point_at_member(identity: &Path, net: &TestNet, i: usize) {
+    let mut id: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(identity).unwrap()).unwrap();
+    id["ztAPI"] = format!("{}/edge/client/v1", net.ctrl_url_of(i)).into();
+    std::fs::write(identity, id.to_string()).unwrap();
+}
+
+/// A new connection through the Go proxy at `addr` with one round trip.
+async fn open_at(addr: SocketAddr, what: &str) -> Result<TcpStream, String> {
+    let mut s = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    round_trip(&mut s, &format!("hello {what}\n")).await?;
+    Ok(s)
+}
+
 async fn enroll_with_our_sdk(net: &TestNet, name: &str, attrs: &[&str], out: &Path) {
     let jwt = net.create_identity(name, attrs).unwrap();
     let text = std::fs::read_to_string(jwt).unwrap();
@@ -340,12 +358,27 @@ async fn scenario(net: &TestNet) {
     if ha {
         // The Go tunneler talks only to the controller in its file, and its tokens must outlive
         // the outage: a member with the default token lifetime.
-        let mut id: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&go_host).unwrap()).unwrap();
-        id["ztAPI"] = format!("{}/edge/client/v1", net.ctrl_url_of(1)).into();
-        std::fs::write(&go_host, id.to_string()).unwrap();
+        point_at_member(&go_host, net, 1);
     }
     net.adopt(net.spawn_go_tunnel("host", &go_host, &[]).unwrap());
+    // The control for dials while every controller is down: the Go tunneler's proxy dialing the
+    // same service (its file names a member whose tokens outlive the outage, as for the host).
+    let go_client = tmp.path().join("go-client.json");
+    net.enroll_identity("go-client", &["clients"], &go_client)
+        .unwrap();
+    if ha {
+        point_at_member(&go_client, net, 1);
+    }
+    let go_proxy_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    net.adopt(
+        net.spawn_go_tunnel("proxy", &go_client, &[&format!("known:{go_proxy_port}")])
+            .unwrap(),
+    );
+    let go_proxy = SocketAddr::from((Ipv4Addr::LOCALHOST, go_proxy_port));
     let client = ids.join("client.json");
     enroll_with_our_sdk(net, "client", &["clients"], &client).await;
     let host_file = tmp.path().join("sdk-host.json");
@@ -486,6 +519,14 @@ async fn scenario(net: &TestNet) {
     // 3. Every controller down for two minutes.
     let (mut flow, _) =
         open_within("known.cluster.test.", 7001, Duration::from_secs(30), &log).await;
+    let start = Instant::now();
+    while let Err(e) = open_at(go_proxy, "go proxy").await {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the Go proxy never reached the service: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let failed_before = count_lines(&log, "dial failed");
     let lines_before = log_lines(&log).len();
     for i in 0..net.controllers() {
@@ -493,6 +534,7 @@ async fn scenario(net: &TestNet) {
     }
     let down = Instant::now();
     let mut dials = (0, Vec::new());
+    let mut go_dials = (0, Vec::new());
     let mut round = 0;
     while down.elapsed() < OUTAGE {
         round += 1;
@@ -507,6 +549,10 @@ async fn scenario(net: &TestNet) {
         match open("known.cluster.test.", 7001).await {
             Ok(_) => dials.0 += 1,
             Err(e) => dials.1.push(e),
+        }
+        match open_at(go_proxy, "go proxy").await {
+            Ok(_) => go_dials.0 += 1,
+            Err(e) => go_dials.1.push(e),
         }
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
@@ -535,6 +581,20 @@ async fn scenario(net: &TestNet) {
         .take(40)
         .collect();
     eprintln!("{tag} 3: zt-tunnel's lines about the outage dials: {about_dials:#?}");
+    eprintln!(
+        "{tag} 3: the control, the Go proxy dialing the same service meanwhile: {} worked, {} did not ({:?})",
+        go_dials.0,
+        go_dials.1.len(),
+        go_dials.1
+    );
+    // New dials are the routers' call (a circuit needs a controller): ours may fail only where
+    // the Go tunneler's fail too.
+    assert!(
+        dials.0 >= go_dials.0,
+        "the Go proxy's dials worked more often than ours without controllers: ours {}, Go {}",
+        dials.0,
+        go_dials.0
+    );
     assert!(
         failures
             .iter()
