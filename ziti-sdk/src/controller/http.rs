@@ -97,9 +97,17 @@ pub(crate) fn client(
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout)
         .timeout(timeout)
+        // Controllers close keep-alive connections idle for 5 s (xweb's default `idleTimeout`);
+        // a request sent on one just as it closes fails with "connection closed before message
+        // completed" (seen with a 5 s service poll). Idle connections are dropped sooner here.
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .https_only(true)
         .build()
 }
+
+/// How long an idle connection to a controller is kept for reuse: under the controller's own
+/// 5 s idle timeout, so we never reuse one the controller is closing.
+pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Upper bound for bodies we read into memory from the controller.
 pub(crate) const MAX_BODY: usize = 16 * 1024 * 1024;
