@@ -164,8 +164,14 @@ async fn unread_stream_beside_an_echo(sdk_flow_control: bool, hold: Duration) {
     echo_round_trip(&mut c, 1).await;
     let grown = rss_bytes().saturating_sub(baseline);
     let window = ziti_sdk::edge::ChannelConfig::default().recv_window as u64;
-    // Legacy mode may hold up to twice the window before closing A.
-    let allowed = if sdk_flow_control { window } else { 2 * window } + 2 * 1024 * 1024;
+    // Legacy mode may hold up to twice the window before closing A, plus the message that
+    // crossed it (router payloads are at most 64 KiB); RSS keeps that peak when the allocator
+    // does not hand the freed buffers back.
+    let allowed = if sdk_flow_control {
+        window
+    } else {
+        2 * window + 64 * 1024
+    } + 2 * 1024 * 1024;
     println!(
         "sdk_flow_control={sdk_flow_control}: after {hold:?}: RSS grew {} KiB (allowed {} KiB)",
         grown / 1024,
