@@ -72,7 +72,7 @@ enum Final {
 #[derive(Debug, Default)]
 struct PendingAcks {
     seqs: VecDeque<i32>,
-    /// RTT stamp of the newest acknowledged payload that had one.
+    /// RTT stamp of the oldest payload waiting for this acknowledgement that had one.
     rtt: u16,
     window_update: bool,
     last_size_sent: u32,
@@ -369,7 +369,7 @@ impl Circuit {
                 self.maybe_full_close();
             }
             Delivery::Data { .. } => {
-                let size = saturating_u32(self.recv.buffered());
+                let size = self.reported_recv_size();
                 let last = self.acks.last_size_sent;
                 if last > WINDOW_UPDATE_MIN && last / 2 > size {
                     self.acks.window_update = true;
@@ -377,6 +377,13 @@ impl Circuit {
             }
         }
         Some(d)
+    }
+
+    /// The receive-buffer size our acknowledgements report: the bytes held times
+    /// [`Options::rx_report_multiplier`](super::Options::rx_report_multiplier).
+    fn reported_recv_size(&self) -> u32 {
+        let scale = u64::from(self.opts.rx_report_multiplier.max(1));
+        saturating_u32(self.recv.buffered().saturating_mul(scale))
     }
 
     /// Bytes received and not yet read.
@@ -473,7 +480,11 @@ impl Circuit {
             Ok(RxOutcome::Accepted | RxOutcome::Duplicate) => {
                 if self.acks.seqs.len() < MAX_PENDING_ACKS {
                     self.acks.seqs.push_back(seq);
-                    if rtt != 0 {
+                    // One acknowledgement covers every payload since the last one; echo
+                    // the oldest stamp, so the sender's round trip includes the time a
+                    // payload waited for it (Go acknowledges each payload at once; echoing
+                    // the newest made a router time out payloads we held and resend them).
+                    if rtt != 0 && self.acks.rtt == 0 {
                         self.acks.rtt = rtt;
                     }
                 }
@@ -597,7 +608,7 @@ impl Circuit {
         if self.acks.seqs.is_empty() {
             self.acks.rtt = 0;
         }
-        let size = saturating_u32(self.recv.buffered());
+        let size = self.reported_recv_size();
         self.acks.last_size_sent = size;
         self.acks.window_update = false;
         Some(Acknowledgement {

@@ -60,6 +60,15 @@ pub struct Options {
     /// Most unacknowledged payloads on the send side; [`Circuit::send`](super::Circuit::send)
     /// is blocked beyond it.
     pub max_tx_payloads: usize,
+    /// Our receive buffer is reported to the peer multiplied by this (at least 1). A Go
+    /// sender stops only once the reported size exceeds its `tx_portal_max_size`, and what it
+    /// sent before it saw that still arrives, up to a whole send window; at 1 (Go) those
+    /// payloads meet a full buffer and are dropped and resent, shrinking the peer's window.
+    /// At 4 (ours) a Go peer with Go's 4 MiB portal stops when we hold 1 MiB, leaving 3 MiB
+    /// for what is already on the way; while the application keeps up we hold little and
+    /// the peer's window alone limits what is in flight. Memory is bounded by
+    /// `rx_buffer_size` either way.
+    pub rx_report_multiplier: u32,
 }
 
 impl Default for Options {
@@ -85,6 +94,7 @@ impl Default for Options {
             max_payload_size: 64 * 1024,
             max_rx_payloads: 65536,
             max_tx_payloads: 65536,
+            rx_report_multiplier: 4,
         }
     }
 }

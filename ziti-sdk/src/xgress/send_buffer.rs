@@ -2,7 +2,12 @@
 //! their retransmission, modelled on sdk-golang `xgress/link_send_buffer.go`.
 //!
 //! * A payload is accepted while the window is open: our unacknowledged bytes do not exceed
-//!   the window and the peer's reported receive buffer does not exceed `tx_portal_max_size`.
+//!   the window, and the peer's reported receive buffer **plus** our unacknowledged bytes do
+//!   not exceed `tx_portal_max_size`. Go checks the two separately, so a Go sender keeps up to
+//!   a whole window in flight towards a receiver that already holds `tx_portal_max_size`; a Go
+//!   receiver drops those payloads (its buffer is full) and they are resent, shrinking the
+//!   window. Counting what is in flight against the peer's room means a receiver that reports
+//!   honestly never holds more than `tx_portal_max_size` from us, and nothing is dropped.
 //!   When nothing is unacknowledged one payload is let through even if the peer's buffer is
 //!   full: it probes the peer (Go: "let one payload in to reduce the chances of a stall").
 //! * Every `tx_portal_increase_thresh` acknowledged payloads the window grows by the bytes
@@ -112,9 +117,12 @@ impl SendBuffer {
         }
     }
 
-    /// Window closed (Go `isBlocked`), ignoring the empty-buffer probe exception.
+    /// Window closed (Go `isBlocked`, with what is in flight counted against the peer's
+    /// room), ignoring the empty-buffer probe exception.
     pub(crate) fn window_blocked(&self, opts: &Options) -> bool {
-        opts.tx_portal_max_size < self.remote_rx_size || u64::from(self.window) < self.unacked_bytes
+        let peer_holds = u64::from(self.remote_rx_size) + self.unacked_bytes;
+        u64::from(opts.tx_portal_max_size) < peer_holds
+            || u64::from(self.window) < self.unacked_bytes
     }
 
     /// Whether one more payload may be buffered now.
@@ -448,6 +456,35 @@ mod tests {
         assert!(!b.accepts_payload(&opts));
         b.on_ack(&ack(&[], 0), t, 1, &opts);
         assert!(b.accepts_payload(&opts));
+    }
+
+    #[test]
+    fn what_is_in_flight_counts_against_the_peers_room() {
+        // Go would keep sending here (3 MiB reported <= 4 MiB, 1.5 MiB unacked <= window);
+        // the receiver would then hold 4.5 MiB and drop what is over 4 MiB.
+        let opts = Options::default();
+        let mut b = SendBuffer::new(&opts);
+        let t = Instant::now();
+        b.push(0, Flags::empty(), PayloadHeaders::new(), data(1));
+        assert!(b.next_transmit(t, true).is_some());
+        b.on_ack(&ack(&[0], 3 * 1024 * 1024), t, 1, &opts);
+        for seq in 1..=16 {
+            assert!(
+                b.accepts_payload(&opts),
+                "payload {seq} fits the peer's 1 MiB of room"
+            );
+            b.push(seq, Flags::empty(), PayloadHeaders::new(), data(64 * 1024));
+        }
+        assert!(b.accepts_payload(&opts), "exactly 4 MiB: still open");
+        b.push(17, Flags::empty(), PayloadHeaders::new(), data(1));
+        assert!(
+            !b.accepts_payload(&opts),
+            "3 MiB held + 1 MiB and a byte in flight"
+        );
+        assert!(
+            u64::from(b.window) > b.unacked_bytes,
+            "the window alone would let it go"
+        );
     }
 
     #[test]

@@ -236,17 +236,60 @@ fn reading_a_full_buffer_sends_a_window_update() {
         a.send(Bytes::from(vec![1u8; 30_000])).unwrap();
     }
     pump(&mut a, &mut b, t);
-    assert_eq!(a.stats().peer_recv_buffer, 120_000);
+    // b holds 120,000 bytes and reports four times that (`rx_report_multiplier`).
+    assert_eq!(Options::default().rx_report_multiplier, 4);
+    assert_eq!(b.stats().recv_buffered, 120_000);
+    assert_eq!(a.stats().peer_recv_buffer, 480_000);
     // Reading more than half of it produces an acknowledgement without sequences.
     b.read(70_000);
     b.read(70_000);
     b.read(70_000);
     let upd = Acknowledgement::from_message(&b.poll_transmit(t).unwrap()).unwrap();
     assert!(upd.sequences.is_empty());
-    assert_eq!(upd.recv_buffer_size, 30_000);
+    assert_eq!(upd.recv_buffer_size, 120_000);
     assert_eq!(upd.rtt, 0);
     a.handle_message(t, &upd.to_message(None)).unwrap();
-    assert_eq!(a.stats().peer_recv_buffer, 30_000);
+    assert_eq!(a.stats().peer_recv_buffer, 120_000);
+}
+
+#[test]
+fn report_multiplier_one_reports_the_buffer_as_go_does() {
+    let t = Instant::now();
+    let opts = Options {
+        rx_report_multiplier: 1,
+        ..Options::default()
+    };
+    let mut a = Circuit::new("c", 1, Originator::Initiator, opts, t, UNIX_MS);
+    let mut b = Circuit::new("c", 1, Originator::Terminator, opts, t, UNIX_MS);
+    for _ in 0..4 {
+        a.send(Bytes::from(vec![1u8; 30_000])).unwrap();
+    }
+    pump(&mut a, &mut b, t);
+    assert_eq!(a.stats().peer_recv_buffer, 120_000);
+}
+
+#[test]
+fn a_go_sender_stops_early_so_what_is_in_flight_still_fits() {
+    // A Go sender stops once our report exceeds its tx_portal_max_size (4 MiB, as ours). At
+    // the default multiplier that happens when we hold a quarter of rx_buffer_size, so the
+    // rest is free for the payloads it sent before it saw the report.
+    let t = Instant::now();
+    let (mut a, mut b) = pair(t);
+    let opts = Options::default();
+    let chunk = 64 * 1024;
+    let mut sent = 0;
+    while a.stats().peer_recv_buffer <= opts.tx_portal_max_size {
+        assert!(sent < opts.rx_buffer_size as usize, "report never crossed");
+        a.send(Bytes::from(vec![7u8; chunk])).unwrap();
+        sent += chunk;
+        pump(&mut a, &mut b, t);
+    }
+    let held = b.stats().recv_buffered;
+    let quarter = u64::from(opts.rx_buffer_size / 4);
+    assert!(
+        held > quarter && held <= quarter + chunk as u64,
+        "the report crossed at {held} bytes held"
+    );
 }
 
 #[test]
