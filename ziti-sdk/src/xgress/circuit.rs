@@ -371,7 +371,10 @@ impl Circuit {
             Delivery::Data { .. } => {
                 let size = self.reported_recv_size();
                 let last = self.acks.last_size_sent;
-                if last > WINDOW_UPDATE_MIN && last / 2 > size {
+                // Halved (Go), or back under the size at which a Go sender stops: tell it
+                // now, while we still hold enough to read until its payloads arrive.
+                let stop = self.opts.tx_portal_max_size;
+                if (last > WINDOW_UPDATE_MIN && last / 2 > size) || (last > stop && size <= stop) {
                     self.acks.window_update = true;
                 }
             }

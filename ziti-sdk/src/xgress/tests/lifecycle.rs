@@ -253,6 +253,30 @@ fn reading_a_full_buffer_sends_a_window_update() {
 }
 
 #[test]
+fn reading_back_under_a_go_senders_stop_sends_a_window_update() {
+    // 1.25 MiB held reports 5 MiB: a Go sender (4 MiB portal) has stopped. Reading down to
+    // just under 1 MiB (reported 4 MiB, not yet half of 5) tells it to go on.
+    let t = Instant::now();
+    let (mut a, mut b) = pair(t);
+    for _ in 0..20 {
+        a.send(Bytes::from(vec![1u8; 64 * 1024])).unwrap();
+    }
+    pump(&mut a, &mut b, t);
+    assert_eq!(a.stats().peer_recv_buffer, 5 * 1024 * 1024);
+    for reported in [4.75, 4.5, 4.25] {
+        b.read(64 * 1024);
+        assert!(
+            b.poll_transmit(t).is_none(),
+            "{reported} MiB reported: still stopped"
+        );
+    }
+    b.read(64 * 1024);
+    let upd = Acknowledgement::from_message(&b.poll_transmit(t).unwrap()).unwrap();
+    assert!(upd.sequences.is_empty());
+    assert_eq!(upd.recv_buffer_size, 4 * 1024 * 1024);
+}
+
+#[test]
 fn report_multiplier_one_reports_the_buffer_as_go_does() {
     let t = Instant::now();
     let opts = Options {
