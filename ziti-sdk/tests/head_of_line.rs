@@ -68,10 +68,19 @@ async fn echo_server() -> u16 {
 }
 
 fn rss_bytes() -> u64 {
+    status_bytes("VmRSS:")
+}
+
+/// The process's peak resident size so far.
+fn peak_rss_bytes() -> u64 {
+    status_bytes("VmHWM:")
+}
+
+fn status_bytes(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let kb: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap();
@@ -173,9 +182,11 @@ async fn unread_stream_beside_an_echo(sdk_flow_control: bool, hold: Duration) {
         2 * window + 64 * 1024
     } + 2 * 1024 * 1024;
     println!(
-        "sdk_flow_control={sdk_flow_control}: after {hold:?}: RSS grew {} KiB (allowed {} KiB)",
+        "sdk_flow_control={sdk_flow_control}: after {hold:?}: RSS grew {} KiB (allowed {} KiB); \
+         peak RSS {} KiB above the baseline",
         grown / 1024,
-        allowed / 1024
+        allowed / 1024,
+        peak_rss_bytes().saturating_sub(baseline) / 1024
     );
     assert!(
         grown <= allowed,

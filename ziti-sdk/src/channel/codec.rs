@@ -202,6 +202,49 @@ impl FrameDecoder {
         &self.limits
     }
 
+    /// How many bytes the message at the front of `src` occupies in all, once its prefix shows
+    /// it; until then, how many bytes it takes to learn that. A caller that buffers exactly
+    /// this much before calling [`FrameDecoder::decode`] gives each frame an allocation of its
+    /// own, so a body kept for a slow reader pins no other message's memory.
+    ///
+    /// Errors are the ones [`FrameDecoder::decode`] would return for the same prefix.
+    pub fn frame_len(&self, src: &[u8]) -> Result<usize, FrameError> {
+        let Some(magic) = src.get(..4) else {
+            return Ok(4);
+        };
+        if magic == MAGIC_UNKNOWN_VERSION {
+            let Some(count) = read_u32(src, 4) else {
+                return Ok(8);
+            };
+            if count > MAX_ADVERTISED_VERSIONS {
+                return Err(FrameError::BadUnknownVersion { count });
+            }
+            return Ok(8 + 4 * count as usize);
+        }
+        if magic != MAGIC_V2 {
+            let mut m = [0u8; 4];
+            m.copy_from_slice(magic);
+            return Err(FrameError::BadMagic(m));
+        }
+        let (Some(hlen), Some(blen)) = (read_u32(src, 12), read_u32(src, 16)) else {
+            return Ok(FRAME_PREFIX_LEN);
+        };
+        let (hlen, blen) = (hlen as usize, blen as usize);
+        if hlen > self.limits.max_headers_len {
+            return Err(FrameError::HeadersTooLarge {
+                len: hlen as u64,
+                max: self.limits.max_headers_len,
+            });
+        }
+        if blen > self.limits.max_body_len {
+            return Err(FrameError::BodyTooLarge {
+                len: blen as u64,
+                max: self.limits.max_body_len,
+            });
+        }
+        Ok(FRAME_PREFIX_LEN.saturating_add(hlen).saturating_add(blen))
+    }
+
     /// Tries to take one message off the front of `src`.
     ///
     /// * `Ok(Some(msg))`: a frame was consumed from `src`.
@@ -244,7 +287,12 @@ impl FrameDecoder {
         }
         let content_type = read_i32(src, 4).unwrap_or_default();
         let sequence = read_i32(src, 8).unwrap_or_default();
-        let frame = src.split_to(total).freeze();
+        // A buffer holding exactly this frame is taken whole (no sharing with what follows).
+        let frame = if src.len() == total {
+            std::mem::take(src).freeze()
+        } else {
+            src.split_to(total).freeze()
+        };
         let header_block = frame.slice(FRAME_PREFIX_LEN..FRAME_PREFIX_LEN + hlen);
         let headers = Headers::decode(&header_block, self.limits.max_header_count)?;
         let body = frame.slice(FRAME_PREFIX_LEN + hlen..);

@@ -281,3 +281,36 @@ fn sequencer_wraps_and_stamps() {
     assert_eq!(s.next_seq(), i32::MAX);
     assert_eq!(s.next_seq(), 1);
 }
+
+#[test]
+fn frame_len_tells_what_decode_needs() {
+    let mut m = Message::new(7, Bytes::from_static(b"a body of some length"));
+    m.headers.put_str(1, "value");
+    let bytes = m.to_bytes().unwrap();
+    let dec = FrameDecoder::default();
+    for cut in 0..bytes.len() {
+        let need = dec.frame_len(&bytes[..cut]).unwrap();
+        assert!(need > cut, "cut {cut}: needs {need}");
+        // With exactly what it asked for, either the frame is whole or the next answer grows.
+        let more = dec.frame_len(&bytes[..need.min(bytes.len())]).unwrap();
+        assert!(more >= need, "cut {cut}");
+        assert_eq!(
+            dec.clone().decode(&mut BytesMut::from(&bytes[..cut])),
+            Ok(None)
+        );
+    }
+    assert_eq!(dec.frame_len(&bytes), Ok(bytes.len()));
+    let mut whole = BytesMut::from(&bytes[..]);
+    assert_eq!(dec.clone().decode(&mut whole), Ok(Some(m)));
+    assert!(whole.is_empty());
+    // The same errors as decode, from the prefix alone.
+    assert_eq!(
+        dec.frame_len(&[0x03, 0x06, 0x09, 0x0d]),
+        Err(FrameError::BadMagic([3, 6, 9, 0x0d]))
+    );
+    assert_eq!(dec.frame_len(&unhex("03 06 09 0a 02 00 00 00")), Ok(16));
+    assert_eq!(
+        dec.frame_len(&unhex("03 06 09 0a ff 00 00 00")),
+        Err(FrameError::BadUnknownVersion { count: 255 })
+    );
+}

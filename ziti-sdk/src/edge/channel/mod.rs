@@ -38,7 +38,9 @@ use super::{
     BindRequest, CloseReason, ConnError, ConnEvent, ConnIdAllocator, ConnState, ConnectRequest,
     ContentType, Dial, DialFailure, EdgeConn, Precedence, StateClosed, header,
 };
-use crate::channel::{self, FrameDecoder, FrameError, HelloResult, Limits, Message, Sequencer};
+use crate::channel::{
+    self, FRAME_PREFIX_LEN, FrameDecoder, FrameError, HelloResult, Limits, Message, Sequencer,
+};
 use crate::e2ee::KeyPair;
 use crate::xgress::{self, Circuit, Delivery, Originator, PayloadHeaders, XgMessage};
 
@@ -370,6 +372,10 @@ enum SlotKind {
     Bind,
 }
 
+/// Allocation for a frame whose prefix has not arrived whole: most control messages then fit
+/// without a second allocation.
+const MIN_FRAME_ALLOC: usize = 256;
+
 /// One edge-router connection, sans IO. See the module documentation.
 pub struct Channel {
     config: ChannelConfig,
@@ -427,7 +433,7 @@ impl Channel {
         let mut ch = Channel {
             decoder: FrameDecoder::new(config.limits),
             phase: Phase::AwaitingHello,
-            inbuf: BytesMut::with_capacity(64 * 1024),
+            inbuf: BytesMut::new(),
             out: BytesMut::with_capacity(64 * 1024),
             write_blocked: false,
             seq: Sequencer::new(),
@@ -500,21 +506,56 @@ impl Channel {
             return;
         }
         self.last_input = now;
-        self.inbuf.extend_from_slice(bytes);
+        let mut rest = bytes;
         loop {
-            match self.decoder.decode(&mut self.inbuf) {
-                Ok(Some(msg)) => {
-                    self.handle_message(now, msg);
-                    if self.phase == Phase::Closed {
-                        return;
-                    }
-                }
-                Ok(None) => break,
+            // `inbuf` holds at most the one frame being assembled, in an allocation sized for
+            // it: a body queued for a slow reader then pins its own frame and nothing else.
+            let view: &[u8] = if self.inbuf.is_empty() {
+                rest
+            } else {
+                &self.inbuf
+            };
+            let need = match self.decoder.frame_len(view) {
+                Ok(n) => n,
                 Err(e) => {
                     self.close_channel(ChannelClosed::BadFrame(e));
                     return;
                 }
+            };
+            if self.inbuf.len() >= need {
+                match self.decoder.decode(&mut self.inbuf) {
+                    Ok(Some(msg)) => {
+                        self.handle_message(now, msg);
+                        if self.phase == Phase::Closed {
+                            return;
+                        }
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.close_channel(ChannelClosed::BadFrame(e));
+                        return;
+                    }
+                }
             }
+            if rest.is_empty() {
+                return;
+            }
+            if self.inbuf.capacity() < need {
+                // Until the prefix shows the frame's length, room for most whole messages.
+                let size = if need > FRAME_PREFIX_LEN {
+                    need
+                } else {
+                    MIN_FRAME_ALLOC
+                };
+                let mut fresh = BytesMut::with_capacity(size);
+                fresh.extend_from_slice(&self.inbuf);
+                self.inbuf = fresh;
+            }
+            let take = need.saturating_sub(self.inbuf.len()).min(rest.len()).max(1);
+            let (now_bytes, later) = rest.split_at(take.min(rest.len()));
+            self.inbuf.extend_from_slice(now_bytes);
+            rest = later;
         }
     }
 

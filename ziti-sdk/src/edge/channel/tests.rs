@@ -639,6 +639,48 @@ fn a_reader_that_stops_costs_only_its_window_and_never_blocks_the_others() {
 }
 
 #[test]
+fn a_queued_chunk_pins_only_its_own_frame() {
+    let t0 = Instant::now();
+    let (mut ch, mut r) = open(t0);
+    let slow = dialed(&mut ch, &mut r, t0);
+    let fast = dialed(&mut ch, &mut r, t0);
+    // Interleaved frames for both, as one run of bytes cut at places that fall inside
+    // prefixes, headers and bodies.
+    let mut wire = Vec::new();
+    for i in 0..5u8 {
+        wire.extend_from_slice(
+            &data(slow, &vec![i; 20_000 + usize::from(i)], 0)
+                .to_bytes()
+                .unwrap(),
+        );
+        wire.extend_from_slice(&data(fast, &[i; 3], 0).to_bytes().unwrap());
+    }
+    for piece in wire.chunks(7_001) {
+        ch.handle_input(t0, piece);
+    }
+    for i in 0..5u8 {
+        assert_eq!(
+            ch.recv(Instant::now(), fast, 100),
+            Recv::Data(Bytes::copy_from_slice(&[i; 3]))
+        );
+    }
+    // Each chunk the slow reader has not taken owns its memory alone: reading the fast
+    // connection freed everything else, and no chunk shares a buffer with another.
+    for i in 0..5u8 {
+        let Recv::Data(chunk) = ch.recv(Instant::now(), slow, usize::MAX) else {
+            panic!("chunk {i} missing");
+        };
+        assert_eq!(chunk.len(), 20_000 + usize::from(i));
+        assert!(chunk.iter().all(|b| *b == i));
+        assert!(
+            chunk.try_into_mut().is_ok(),
+            "chunk {i} shares its allocation with other messages"
+        );
+    }
+    assert_eq!(ch.recv(Instant::now(), slow, 100), Recv::WouldBlock);
+}
+
+#[test]
 fn a_reader_that_catches_up_is_not_closed() {
     let t0 = Instant::now();
     let (mut ch, mut r) = open(t0);
