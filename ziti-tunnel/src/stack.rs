@@ -32,7 +32,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
@@ -41,6 +41,10 @@ use smoltcp::wire::{
     Ipv6Packet, TcpPacket, UdpPacket, UdpRepr,
 };
 use ziti_sdk::services::Protocol;
+
+use flow_socket::FlowSocket;
+
+mod flow_socket;
 
 /// Limits and addresses of a [`NetStack`].
 #[derive(Debug, Clone)]
@@ -139,6 +143,8 @@ pub enum FlowError {
 const HELD_PACKETS: usize = 4;
 /// Packets waiting for one flow's next poll at most; more are dropped (TCP retransmits).
 const FLOW_INBOX: usize = 256;
+/// A flow whose buffers are empty and have been for this long gives their pages back.
+const RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -149,9 +155,8 @@ enum Phase {
 }
 
 struct Flow {
-    /// This flow's own socket set: one TCP socket.
-    sockets: SocketSet<'static>,
-    handle: SocketHandle,
+    /// This flow's own socket (in a socket set of its own) and its buffer memory.
+    socket: FlowSocket,
     src: SocketAddr,
     dst: SocketAddr,
     created: Instant,
@@ -166,6 +171,38 @@ struct Flow {
     dirty: bool,
     /// In [`NetStack::ready`].
     ready: bool,
+    /// One past the highest sequence number the client has sent (data, SYN or FIN).
+    client_end: Option<u32>,
+    /// The acknowledgement number of the latest segment sent to the client.
+    acked: Option<u32>,
+    /// Data went through the buffers since their pages were last released.
+    touched: bool,
+    /// When data last went through the buffers.
+    last_data: Instant,
+}
+
+impl Flow {
+    /// Everything the client sent is acknowledged, so no segment waits out of order in the
+    /// receive buffer (smoltcp stores those there, past the data it counts).
+    fn nothing_out_of_order(&self) -> bool {
+        match (self.client_end, self.acked) {
+            (None, _) => true,
+            (Some(end), Some(ack)) => seq_at_or_after(ack, end),
+            (Some(_), None) => false,
+        }
+    }
+
+    /// Data went through the buffers at `now`.
+    fn touch(&mut self, now: Instant) {
+        self.touched = true;
+        self.last_data = self.last_data.max(now);
+    }
+}
+
+/// `a` is `b` or later in sequence space.
+fn seq_at_or_after(a: u32, b: u32) -> bool {
+    // Serial-number arithmetic: at most half the space apart.
+    a.wrapping_sub(b) < 1 << 31
 }
 
 /// The smoltcp interface, the flows and the packet queues.
@@ -296,6 +333,15 @@ impl NetStack {
         let Some(flow) = self.flows.get_mut(&id) else {
             return;
         };
+        if seg.len > 0 {
+            let end = seg.seq.wrapping_add(seg.len);
+            if flow.client_end.is_none_or(|e| seq_at_or_after(end, e)) {
+                flow.client_end = Some(end);
+            }
+        }
+        if seg.payload > 0 {
+            flow.touch(now);
+        }
         match flow.phase {
             Phase::Held => {
                 if seg.is_syn() {
@@ -327,11 +373,11 @@ impl NetStack {
             IpAddr::V4(v4) => IpAddress::Ipv4(v4),
             IpAddr::V6(v6) => IpAddress::Ipv6(v6),
         };
-        let buf = self.config.tcp_buffer;
-        let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; buf]),
-            tcp::SocketBuffer::new(vec![0; buf]),
-        );
+        let Some(mut flow_socket) = FlowSocket::new(self.config.tcp_buffer) else {
+            tracing::warn!(%src, %dst, "no memory for the connection's buffers; refused");
+            return false;
+        };
+        let socket = flow_socket.get_mut();
         socket.set_nagle_enabled(false);
         socket.set_ack_delay(None);
         socket.set_congestion_control(tcp::CongestionControl::Cubic);
@@ -346,16 +392,13 @@ impl NetStack {
         if socket.listen(endpoint).is_err() {
             return false;
         }
-        let mut sockets = SocketSet::new(Vec::with_capacity(1));
-        let handle = sockets.add(socket);
         let id = FlowId(self.next_id);
         self.next_id += 1;
         let expires = now + self.config.hold_timeout;
         self.flows.insert(
             id,
             Flow {
-                sockets,
-                handle,
+                socket: flow_socket,
                 src,
                 dst,
                 created: now,
@@ -365,6 +408,10 @@ impl NetStack {
                 timer: Some(expires),
                 dirty: false,
                 ready: false,
+                client_end: None,
+                acked: None,
+                touched: false,
+                last_data: now,
             },
         );
         self.timers.insert((expires, id));
@@ -522,13 +569,13 @@ impl NetStack {
             return;
         }
         let handshaking = matches!(
-            flow.sockets.get::<tcp::Socket>(flow.handle).state(),
+            flow.socket.get().state(),
             tcp::State::Listen | tcp::State::SynReceived
         );
         if handshaking
             && now.saturating_duration_since(flow.created) > self.config.handshake_timeout
         {
-            flow.sockets.get_mut::<tcp::Socket>(flow.handle).abort();
+            flow.socket.get_mut().abort();
         }
         if self.device.tx.len() >= self.config.max_tx_queue {
             // No room to answer: try again at the next poll.
@@ -536,7 +583,18 @@ impl NetStack {
             return;
         }
         self.device.rx.extend(flow.inbox.drain(..));
-        self.iface.poll(t, &mut self.device, &mut flow.sockets);
+        let sent_before = self.device.tx.len();
+        self.iface.poll(t, &mut self.device, flow.socket.set_mut());
+        // What this flow has acknowledged so far: the latest of its segments just queued.
+        if let Some(ack) = self
+            .device
+            .tx
+            .range(sent_before..)
+            .rev()
+            .find_map(|p| tcp_segment(p).filter(|s| s.ack).map(|s| s.ack_number))
+        {
+            flow.acked = Some(ack);
+        }
         // Packets smoltcp did not take (the transmit queue filled up) stay this flow's.
         while let Some(p) = self.device.rx.pop_back() {
             flow.inbox.push_front(p);
@@ -546,18 +604,48 @@ impl NetStack {
         }
         let socket_timer = self
             .iface
-            .poll_at(t, &flow.sockets)
+            .poll_at(t, flow.socket.set())
             .map(|at| self.epoch + Duration::from_micros(at.total_micros().max(0) as u64));
-        let socket = flow.sockets.get::<tcp::Socket>(flow.handle);
+        let socket = flow.socket.get();
         let handshake_timer =
             matches!(socket.state(), tcp::State::Listen | tcp::State::SynReceived)
                 .then(|| flow.opened + self.config.handshake_timeout + Duration::from_millis(1));
-        let next = match (socket_timer, handshake_timer) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let release_timer = self.release_pages_if_quiet(id, now);
+        let Some(flow) = self.flows.get_mut(&id) else {
+            return;
         };
+        let next = [socket_timer, handshake_timer, release_timer]
+            .into_iter()
+            .flatten()
+            .min();
         set_timer(&mut self.timers, id, flow, next);
         push_ready(&mut self.ready, &mut self.flows, id);
+    }
+
+    /// Gives a flow's buffer pages back once its buffers have been empty, with nothing out of
+    /// order, for [`RELEASE_AFTER`]; returns when to look again, if that time has not come.
+    fn release_pages_if_quiet(&mut self, id: FlowId, now: Instant) -> Option<Instant> {
+        let flow = self.flows.get_mut(&id)?;
+        let socket = flow.socket.get();
+        let quiet = flow.touched
+            && socket.recv_queue() == 0
+            && socket.send_queue() == 0
+            && flow.nothing_out_of_order();
+        if !quiet {
+            return None;
+        }
+        let at = flow.last_data + RELEASE_AFTER;
+        if now < at {
+            return Some(at);
+        }
+        if flow.socket.release_pages() {
+            flow.touched = false;
+        }
+        if flow.inbox.is_empty() {
+            // Nor is the packet queue of its last burst kept.
+            flow.inbox = VecDeque::new();
+        }
+        None
     }
 
     /// How long the caller may wait before the next [`NetStack::poll`] if nothing arrives;
@@ -588,6 +676,12 @@ impl NetStack {
         ids
     }
 
+    /// Pages of a flow's buffers that hold memory now (tests).
+    #[cfg(test)]
+    fn resident_buffer_pages(&self, id: FlowId) -> Option<usize> {
+        self.flows.get(&id).map(|f| f.socket.resident_pages())
+    }
+
     /// Number of flows.
     pub fn flow_count(&self) -> usize {
         self.flows.len()
@@ -600,7 +694,7 @@ impl NetStack {
 
     fn socket(&self, id: FlowId) -> Result<&tcp::Socket<'static>, FlowError> {
         let f = self.flows.get(&id).ok_or(FlowError::Unknown)?;
-        Ok(f.sockets.get::<tcp::Socket>(f.handle))
+        Ok(f.socket.get())
     }
 
     /// The socket of `id`, marked for the next poll (using it may owe the client a segment).
@@ -609,7 +703,7 @@ impl NetStack {
         if f.phase == Phase::Open {
             mark(&mut self.dirty, id, f);
         }
-        Ok(f.sockets.get_mut::<tcp::Socket>(f.handle))
+        Ok(f.socket.get_mut())
     }
 
     /// Bytes from the client, into `buf`; `Ok(0)` when none are buffered.
@@ -619,6 +713,26 @@ impl NetStack {
         }
         let s = self.socket_mut(id)?;
         s.recv_slice(buf).map_err(|_| FlowError::NotOpen)
+    }
+
+    /// Hands `take` the client's buffered bytes (those contiguous in the socket's buffer);
+    /// it returns how many it consumed and a result. `Ok(None)` when none are buffered, so
+    /// `take` is called only with data.
+    pub fn recv_with<R>(
+        &mut self,
+        id: FlowId,
+        take: impl FnOnce(&[u8]) -> (usize, R),
+    ) -> Result<Option<R>, FlowError> {
+        if !self.socket(id)?.can_recv() {
+            return Ok(None);
+        }
+        let s = self.socket_mut(id)?;
+        s.recv(|data| {
+            let (n, r) = take(data);
+            (n.min(data.len()), r)
+        })
+        .map(Some)
+        .map_err(|_| FlowError::NotOpen)
     }
 
     /// `true` once the client has sent FIN and every byte before it was read.
@@ -664,8 +778,20 @@ impl NetStack {
                 Err(FlowError::NotOpen)
             };
         }
-        let s = self.socket_mut(id)?;
-        s.send_slice(data).map_err(|_| FlowError::NotOpen)
+        let now = self.last_poll;
+        let f = self.flows.get_mut(&id).ok_or(FlowError::Unknown)?;
+        let n = f
+            .socket
+            .get_mut()
+            .send_slice(data)
+            .map_err(|_| FlowError::NotOpen)?;
+        if n > 0 {
+            f.touch(now);
+        }
+        if f.phase == Phase::Open {
+            mark(&mut self.dirty, id, f);
+        }
+        Ok(n)
     }
 
     /// Half-closes towards the client (FIN after the queued bytes).
@@ -696,7 +822,7 @@ impl NetStack {
         if f.phase == Phase::Held {
             return false;
         }
-        let s = f.sockets.get::<tcp::Socket>(f.handle);
+        let s = f.socket.get();
         match s.state() {
             tcp::State::TimeWait => true,
             tcp::State::Closed => s.remote_endpoint().is_none() && !f.dirty,
@@ -771,6 +897,14 @@ struct Segment {
     syn: bool,
     ack: bool,
     rst: bool,
+    /// Sequence number.
+    seq: u32,
+    /// Acknowledgement number (meaningful with `ack`).
+    ack_number: u32,
+    /// Bytes of payload.
+    payload: u32,
+    /// Sequence space taken: payload plus one each for SYN and FIN.
+    len: u32,
 }
 
 impl Segment {
@@ -801,12 +935,17 @@ fn tcp_segment(packet: &[u8]) -> Option<Segment> {
         _ => return None,
     };
     let tcp = TcpPacket::new_checked(payload).ok()?;
+    let data = u32::try_from(payload.len().saturating_sub(usize::from(tcp.header_len()))).ok()?;
     Some(Segment {
         src: SocketAddr::new(src_ip, tcp.src_port()),
         dst: SocketAddr::new(dst_ip, tcp.dst_port()),
         syn: tcp.syn(),
         ack: tcp.ack(),
         rst: tcp.rst(),
+        seq: tcp.seq_number().0 as u32,
+        ack_number: tcp.ack_number().0 as u32,
+        payload: data,
+        len: data + u32::from(tcp.syn()) + u32::from(tcp.fin()),
     })
 }
 

@@ -117,6 +117,32 @@ impl Inner {
         }
     }
 
+    /// The next chunk as the channel holds it (at most `max` bytes, no copy); `None` at
+    /// end-of-stream.
+    fn poll_chunk(&self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Option<Bytes>>> {
+        let id = self.id;
+        let got = self.conn.with(|s| {
+            let r = s.ch.recv(Instant::now(), id, max.max(1));
+            if matches!(r, Recv::WouldBlock) {
+                RouterConnection::want_read(s, id, cx.waker());
+            }
+            r
+        });
+        match got {
+            Err(_) => Poll::Ready(Err(
+                self.ended(ConnClosed::Channel(crate::edge::ChannelClosed::Local))
+            )),
+            Ok(Recv::Data(bytes)) => Poll::Ready(Ok(Some(bytes))),
+            Ok(Recv::WouldBlock) => Poll::Pending,
+            Ok(Recv::Fin) => Poll::Ready(Ok(None)),
+            Ok(Recv::Closed(ConnClosed::ByPeer(reason))) => {
+                tracing::debug!(service = %self.service, %reason, "closed by the peer");
+                Poll::Ready(Ok(None))
+            }
+            Ok(Recv::Closed(other)) => Poll::Ready(Err(self.ended(other))),
+        }
+    }
+
     fn poll_write(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
@@ -247,6 +273,32 @@ impl EdgeStream {
             },
             EdgeWriteHalf { inner: self.inner },
         )
+    }
+}
+
+impl EdgeStream {
+    /// The next chunk of data as it arrived, at most `max` bytes, without copying it and
+    /// without a read buffer waiting meanwhile (what a relay wants); `Ok(None)` at
+    /// end-of-stream. Errors are those of `poll_read`.
+    pub async fn read_chunk(&mut self, max: usize) -> io::Result<Option<Bytes>> {
+        std::future::poll_fn(|cx| self.inner.poll_chunk(cx, max)).await
+    }
+
+    /// [`EdgeStream::read_chunk`] as a poll: `Pending` registers `cx`'s waker, which is woken
+    /// when data, end-of-stream or an error arrives.
+    pub fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        self.inner.poll_chunk(cx, max)
+    }
+}
+
+impl EdgeReadHalf {
+    /// See [`EdgeStream::read_chunk`].
+    pub async fn read_chunk(&mut self, max: usize) -> io::Result<Option<Bytes>> {
+        std::future::poll_fn(|cx| self.inner.poll_chunk(cx, max)).await
     }
 }
 

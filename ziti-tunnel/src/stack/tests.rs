@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
+use smoltcp::iface::SocketHandle;
 use smoltcp::wire::Ipv4Address;
 
 /// A client: a second smoltcp interface standing in for the kernel.
@@ -420,9 +421,116 @@ fn idle_flows_cost_nothing_per_poll() {
     let mut buf = [0u8; 8];
     assert_eq!(st.recv(ready[0], &mut buf).unwrap(), 4);
     // Reading owes the client a window update: one more poll, then the next timer is the
-    // keep-alive or idle timer, not now.
+    // release of that flow's buffer pages once it has been quiet a while, not now.
     assert_eq!(st.poll_delay(soon), Some(Duration::ZERO));
     st.poll(soon);
     let delay = st.poll_delay(soon).unwrap();
+    assert_eq!(delay, RELEASE_AFTER, "{delay:?}");
+    // After that, only the keep-alive or idle timers, far off.
+    let later = soon + delay;
+    st.poll(later);
+    let delay = st.poll_delay(later).unwrap();
     assert!(delay > Duration::from_secs(1), "{delay:?}");
+}
+
+/// A byte pattern that zeros would not match.
+fn pattern(n: usize, salt: u8) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8 ^ salt | 1).collect()
+}
+
+/// Reads everything the stack holds for `id`.
+fn drain(st: &mut NetStack, id: FlowId) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = st.recv(id, &mut buf).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn a_quiet_flow_gives_its_buffer_pages_back_and_carries_data_after() {
+    let now = Instant::now();
+    let mut client = Client::new(now);
+    let mut st = stack(now);
+    let h = client.connect(SVC, 40100);
+    pump(&mut client, &mut st, now, &|_| true);
+    let id = st.poll_new_flow().unwrap().id;
+    assert_eq!(st.resident_buffer_pages(id), Some(0), "nothing written yet");
+
+    for round in 0..2u8 {
+        let t = now + Duration::from_secs(10 * u64::from(round));
+        let up = pattern(20_000, round);
+        assert_eq!(client.sock(h).send_slice(&up).unwrap(), up.len());
+        pump(&mut client, &mut st, t, &|_| true);
+        assert_eq!(drain(&mut st, id), up);
+        let down = pattern(30_000, round ^ 0x80);
+        assert_eq!(st.send(id, &down).unwrap(), down.len());
+        pump(&mut client, &mut st, t, &|_| true);
+        let mut got = vec![0u8; down.len()];
+        assert_eq!(client.sock(h).recv_slice(&mut got).unwrap(), down.len());
+        assert_eq!(got, down);
+        assert!(
+            st.resident_buffer_pages(id).unwrap() >= 10,
+            "50 kB went through the buffers"
+        );
+
+        // Still within the quiet period: kept.
+        st.poll(t + Duration::from_millis(500));
+        assert!(st.resident_buffer_pages(id).unwrap() > 0);
+        // The stack asks to be polled by the end of the period, and gives the pages back then.
+        let wait = st.poll_delay(t + Duration::from_millis(500)).unwrap();
+        assert!(wait <= Duration::from_millis(500), "{wait:?}");
+        st.poll(t + RELEASE_AFTER);
+        assert_eq!(st.resident_buffer_pages(id), Some(0), "round {round}");
+    }
+}
+
+#[test]
+fn a_segment_held_out_of_order_keeps_the_pages_and_its_bytes() {
+    let now = Instant::now();
+    let mut client = Client::new(now);
+    let mut st = stack(now);
+    let h = client.connect(SVC, 40101);
+    pump(&mut client, &mut st, now, &|_| true);
+    let id = st.poll_new_flow().unwrap().id;
+
+    // Three full segments at once (no congestion window in the way); the first is lost.
+    client
+        .sock(h)
+        .set_congestion_control(tcp::CongestionControl::None);
+    let up = pattern(4000, 7);
+    assert_eq!(client.sock(h).send_slice(&up).unwrap(), up.len());
+    let t = smol_now(client.epoch, now);
+    for _ in 0..4 {
+        client
+            .iface
+            .poll(t, &mut client.device, &mut client.sockets);
+    }
+    let segments: Vec<Vec<u8>> = client.device.tx.drain(..).collect();
+    assert!(segments.len() >= 2, "{} segments", segments.len());
+    for p in &segments[1..] {
+        st.receive_packet(p, now, |_, _| true);
+    }
+    st.poll(now);
+    while st.pop_transmit().is_some() {} // duplicate ACKs, lost too
+    assert!(drain(&mut st, id).is_empty(), "nothing in order yet");
+
+    // Long past the quiet period, with the rest held out of order: nothing is released.
+    let later = now + 5 * RELEASE_AFTER;
+    st.poll(later);
+    assert!(st.resident_buffer_pages(id).unwrap() > 0);
+
+    // The first segment arrives at last: every byte is the client's.
+    st.receive_packet(&segments[0], later, |_, _| true);
+    st.poll(later);
+    let got = drain(&mut st, id);
+    assert!(
+        got.len() > 1460,
+        "the segment held out of order is delivered too"
+    );
+    assert!(got == up[..got.len()], "the client's bytes, not zeros");
 }

@@ -16,14 +16,13 @@ use ziti_sdk::{Service, ServiceEvent, ZitiContext, error_chain};
 
 use super::handle::{Control, TunnelStats};
 use super::hosting::Hosting;
-use super::relay::{Down, FlowPipe, FlowWaker, forward_up, relay_flow, relay_udp};
+use super::relay::{FlowPipe, dial_flow, relay_udp};
 use super::status::{
     Counters, FlowStatus, IdentityStatus, InterceptStatus, RouterStatus, ServiceStatus,
     TunnelStatus,
 };
 use super::{
-    CHUNK, DatagramDown, FLOW_QUEUE, MAX_UDP_FLOWS, READ_BATCH, TunnelError, TunnelIdentity,
-    UDP_PRUNE, UDP_QUEUE,
+    DatagramDown, MAX_UDP_FLOWS, READ_BATCH, TunnelError, TunnelIdentity, UDP_PRUNE, UDP_QUEUE,
 };
 use crate::app_data::FlowAddrs;
 use crate::intercept::{InterceptTable, TableChange};
@@ -260,40 +259,21 @@ impl Driver {
             self.stack.refuse_flow(flow.id);
             return;
         };
-        let (up_tx, up_rx) = mpsc::channel(FLOW_QUEUE);
-        let (down_tx, down_rx) = mpsc::channel(FLOW_QUEUE);
-        let waker = FlowWaker::new(flow.id, self.wake_tx.clone());
-        self.flows.insert(
-            flow.id,
-            FlowPipe {
-                up: Some(up_tx),
-                down: down_rx,
-                pending: None,
-                down_done: false,
-                dialed: false,
-                waker: waker.clone(),
-                client: flow.src,
-                intercepted: flow.dst,
-                service: service.clone(),
-                bytes_up: 0,
-                bytes_down: 0,
-            },
-        );
+        let (pipe, dialed, waker) = FlowPipe::new(&flow, service.clone(), self.wake_tx.clone());
+        self.flows.insert(flow.id, pipe);
         // The SYN stays unanswered until the dial succeeds.
-        tokio::spawn(relay_flow(
+        tokio::spawn(dial_flow(
             ctx,
             service,
             opts,
-            up_rx,
-            down_tx,
+            dialed,
             waker,
             self.counters.clone(),
         ));
     }
 
-    /// Moves bytes between one flow's socket and its channels; reaps it when finished.
+    /// Moves bytes between one flow's socket and its stream; reaps it when finished.
     fn service_flow(&mut self, id: FlowId) {
-        let mut buf = [0u8; CHUNK];
         let Some(pipe) = self.flows.get_mut(&id) else {
             // A flow whose service could not be matched: already refused.
             if self.stack.is_closed(id) {
@@ -301,91 +281,11 @@ impl Driver {
             }
             return;
         };
-        pipe.waker.clear();
-        if !pipe.dialed {
-            // Held SYN: only the dial's outcome matters.
-            match pipe.down.try_recv() {
-                Ok(Down::Dialed) => {
-                    pipe.dialed = true;
-                    if !self.stack.accept_flow(id) {
-                        // The handshake expired while dialing: the client gave up.
-                        self.flows.remove(&id);
-                        return;
-                    }
-                }
-                Ok(Down::Abort) | Err(mpsc::error::TryRecvError::Disconnected) => {
-                    // The dial failed (logged with the service and the reason): RST the SYN,
-                    // so the application's connect() is refused.
-                    self.stack.refuse_flow(id);
-                    self.flows.remove(&id);
-                    return;
-                }
-                Ok(Down::Data(_) | Down::Fin) | Err(mpsc::error::TryRecvError::Empty) => {
-                    if self.stack.endpoints(id).is_none() {
-                        // Expired while held.
-                        self.flows.remove(&id);
-                    }
-                    return;
-                }
+        if !pipe.relay(&mut self.stack, id, &self.counters) {
+            if self.stack.is_closed(id) {
+                self.stack.remove(id);
             }
-        }
-        // Client -> service, only as far as the channel has room (else the window closes).
-        let before = pipe.bytes_up;
-        if let Some(tx) = &pipe.up
-            && !forward_up(&mut self.stack, id, tx, &mut buf, &mut pipe.bytes_up)
-        {
-            pipe.up = None;
-        }
-        if pipe.bytes_up > before {
-            self.counters
-                .add_up(usize::try_from(pipe.bytes_up - before).unwrap_or(usize::MAX));
-        }
-        if pipe.up.is_some() && self.stack.client_finished(id) {
-            pipe.up = None; // end-of-stream for the relay: it half-closes the Ziti side
-        }
-        // Service -> client, only as far as the socket has room.
-        while !pipe.down_done {
-            if let Some(mut chunk) = pipe.pending.take() {
-                match self.stack.send(id, &chunk) {
-                    Ok(n) if n < chunk.len() => {
-                        pipe.bytes_down += n as u64;
-                        self.counters.add_down(n);
-                        pipe.pending = Some(chunk.split_off(n));
-                        break;
-                    }
-                    Ok(n) => {
-                        pipe.bytes_down += n as u64;
-                        self.counters.add_down(n);
-                    }
-                    Err(_) => {
-                        pipe.down_done = true;
-                        break;
-                    }
-                }
-            }
-            if self.stack.send_capacity(id) == 0 {
-                break;
-            }
-            match pipe.down.try_recv() {
-                Ok(Down::Data(b)) => {
-                    tracing::trace!(?id, n = b.len(), "service -> client");
-                    pipe.pending = Some(b)
-                }
-                Ok(Down::Fin) => {
-                    tracing::trace!(?id, "service finished sending");
-                    self.stack.finish(id);
-                    pipe.down_done = true;
-                }
-                Ok(Down::Dialed) => {}
-                Ok(Down::Abort) | Err(mpsc::error::TryRecvError::Disconnected) => {
-                    self.stack.abort(id);
-                    pipe.down_done = true;
-                }
-                Err(mpsc::error::TryRecvError::Empty) => break,
-            }
-        }
-        if self.stack.is_closed(id) {
-            self.stack.remove(id);
+            // Dropping the pipe closes its stream (or, while dialing, the dial's answer).
             self.flows.remove(&id);
         }
     }
@@ -600,7 +500,7 @@ impl Driver {
                 client: p.client,
                 intercepted: p.intercepted,
                 service: p.service.clone(),
-                established: p.dialed,
+                established: p.is_dialed(),
                 bytes_up: p.bytes_up,
                 bytes_down: p.bytes_down,
             })

@@ -33,7 +33,7 @@ const UDP_IDLE: Duration = Duration::from_secs(60);
 /// Dials of one terminator waiting for their server connection at once at most.
 const MAX_CONNECTING: usize = 256;
 /// Largest datagram relayed.
-const UDP_MAX: usize = 65_535;
+pub(super) const UDP_MAX: usize = 65_535;
 
 /// The hosted services: one listener task per (identity, service, terminator).
 pub(super) struct Hosting {

@@ -40,8 +40,6 @@ pub use status::{
     RouterStatus, ServiceStatus, TunnelStatus, TunnelTotals,
 };
 
-/// Chunks in flight per direction per flow (each at most [`CHUNK`] bytes).
-const FLOW_QUEUE: usize = 8;
 /// Largest chunk moved between a flow's socket and its Ziti stream.
 const CHUNK: usize = 32 * 1024;
 /// Service events waiting for the driver at most.

@@ -1,42 +1,39 @@
-//! Per-flow relay tasks: dial the service, then move bytes between the flow's channels and the
-//! Ziti stream.
+//! Relaying flows: a TCP flow's socket and its Ziti stream, moved by the driver when either
+//! side wakes it (no task per flow once dialed); a UDP flow's relay task.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use bytes::Bytes;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
 use ziti_sdk::context::DialOptions;
-use ziti_sdk::{ZitiContext, error_chain};
+use ziti_sdk::{EdgeStream, ZitiContext, error_chain};
 
+use super::hosting::UDP_MAX;
 use super::status::{Counters, DialOutcome};
 use super::{CHUNK, DatagramDown, UDP_IDLE};
 
-/// Smallest read from a Ziti stream (what an idle connection waits with).
-const MIN_READ: usize = 2 * 1024;
-use crate::stack::{FlowId, NetStack};
+use crate::stack::{FlowId, NetStack, NewFlow};
 
-/// Bytes or an end, towards the client.
-#[derive(Debug)]
-pub(super) enum Down {
-    /// The service answered the dial: complete the client's handshake.
-    Dialed,
-    Data(Bytes),
-    Fin,
-    Abort,
-}
-
-/// The driver's end of one flow.
+/// One TCP flow as the driver sees it: the dial in flight, then the Ziti stream it relays to
+/// and from the flow's socket directly, with no task, channel or buffer of its own in between.
+/// The stream and the stack wake the driver for this flow only (its [`FlowWake`]).
 pub(super) struct FlowPipe {
-    pub(super) up: Option<mpsc::Sender<Bytes>>,
-    pub(super) down: mpsc::Receiver<Down>,
-    pub(super) pending: Option<Bytes>,
-    pub(super) down_done: bool,
-    /// The dial succeeded and the handshake was let through.
-    pub(super) dialed: bool,
-    pub(super) waker: FlowWaker,
+    /// The dial's outcome arrives here (the sender dropped: it failed).
+    dial: Option<oneshot::Receiver<EdgeStream>>,
+    stream: Option<EdgeStream>,
+    /// Client -> service is over (FIN passed on, or an error).
+    up_done: bool,
+    /// Service -> client is over.
+    down_done: bool,
+    /// A chunk from the service that did not fit the socket yet.
+    pending: Option<Bytes>,
+    wake: Arc<FlowWake>,
+    waker: Waker,
     /// The client's address.
     pub(super) client: SocketAddr,
     /// The address the client connected to.
@@ -49,131 +46,202 @@ pub(super) struct FlowPipe {
     pub(super) bytes_down: u64,
 }
 
-/// Tells the driver that one flow's relay has news, at most once until the driver looks.
-#[derive(Clone)]
-pub(super) struct FlowWaker {
+/// Queues one flow for the driver when its stream or its dial has news, at most once until
+/// the driver looks.
+pub(super) struct FlowWake {
     id: FlowId,
-    queued: Arc<AtomicBool>,
+    queued: AtomicBool,
     tx: mpsc::UnboundedSender<FlowId>,
 }
 
-impl FlowWaker {
-    pub(super) fn new(id: FlowId, tx: mpsc::UnboundedSender<FlowId>) -> Self {
-        FlowWaker {
-            id,
-            queued: Arc::new(AtomicBool::new(false)),
-            tx,
-        }
+impl Wake for FlowWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
     }
 
-    /// Queues the flow for the driver unless it is queued already (so the queue holds each
-    /// flow at most once).
-    pub(super) fn wake(&self) {
+    fn wake_by_ref(self: &Arc<Self>) {
         if !self.queued.swap(true, Ordering::AcqRel) {
             let _ = self.tx.send(self.id);
         }
     }
-
-    /// The driver is looking at the flow now.
-    pub(super) fn clear(&self) {
-        self.queued.store(false, Ordering::Release);
-    }
 }
 
-/// Moves client bytes of flow `id` into its channel while both have some, adding them to
-/// `moved`; `false` once the channel or the socket can no longer carry any.
-pub(super) fn forward_up(
-    stack: &mut NetStack,
-    id: FlowId,
-    tx: &mpsc::Sender<Bytes>,
-    buf: &mut [u8],
-    moved: &mut u64,
-) -> bool {
-    loop {
-        let permit = match tx.try_reserve() {
-            Ok(p) => p,
-            Err(mpsc::error::TrySendError::Full(())) => return true,
-            Err(mpsc::error::TrySendError::Closed(())) => return false,
+impl FlowPipe {
+    /// The pipe of a new flow, and what its dial task needs: where to put the stream and whom
+    /// to wake.
+    pub(super) fn new(
+        flow: &NewFlow,
+        service: String,
+        wake_tx: mpsc::UnboundedSender<FlowId>,
+    ) -> (FlowPipe, oneshot::Sender<EdgeStream>, Waker) {
+        let (dialed_tx, dialed_rx) = oneshot::channel();
+        let wake = Arc::new(FlowWake {
+            id: flow.id,
+            queued: AtomicBool::new(false),
+            tx: wake_tx,
+        });
+        let waker = Waker::from(wake.clone());
+        let pipe = FlowPipe {
+            dial: Some(dialed_rx),
+            stream: None,
+            up_done: false,
+            down_done: false,
+            pending: None,
+            wake,
+            waker: waker.clone(),
+            client: flow.src,
+            intercepted: flow.dst,
+            service,
+            bytes_up: 0,
+            bytes_down: 0,
         };
-        match stack.recv(id, buf) {
-            Ok(0) => return true,
-            Ok(n) => {
-                tracing::trace!(?id, n, "client -> service");
-                *moved = moved.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
-                permit.send(Bytes::copy_from_slice(&buf[..n]))
+        (pipe, dialed_tx, waker)
+    }
+
+    /// The dial succeeded and the client's handshake was let through.
+    pub(super) fn is_dialed(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Moves what can move between flow `id`'s socket and its stream; `false` once the flow is
+    /// over (refused, expired or closed) and the driver should forget it.
+    pub(super) fn relay(&mut self, stack: &mut NetStack, id: FlowId, counters: &Counters) -> bool {
+        self.wake.queued.store(false, Ordering::Release);
+        if self.stream.is_none() && !self.take_dial(stack, id) {
+            return false;
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            // Still dialing: the SYN stays held.
+            return true;
+        };
+        let mut cx = Context::from_waker(&self.waker);
+
+        // Client -> service: straight from the socket's buffer into the stream, only as far
+        // as the stream takes (else the client's window closes).
+        while !self.up_done {
+            let wrote = stack.recv_with(id, |data| {
+                match Pin::new(&mut *stream).poll_write(&mut cx, data) {
+                    Poll::Ready(Ok(n)) => (n, Ok(n)),
+                    Poll::Ready(Err(e)) => (0, Err(e)),
+                    // Woken when the stream has room again.
+                    Poll::Pending => (0, Ok(0)),
+                }
+            });
+            match wrote {
+                Ok(Some(Ok(0))) => break,
+                Ok(Some(Ok(n))) => {
+                    tracing::trace!(?id, n, "client -> service");
+                    self.bytes_up = self.bytes_up.saturating_add(n as u64);
+                    counters.add_up(n);
+                }
+                Ok(None) => {
+                    if stack.client_finished(id) {
+                        // Half-close: the service reads end-of-file and may still answer.
+                        if let Poll::Ready(Err(e)) = Pin::new(&mut *stream).poll_shutdown(&mut cx) {
+                            tracing::debug!(service = self.service, error = %error_chain(&e), "could not pass on the client's FIN");
+                        }
+                        self.up_done = true;
+                    }
+                    break;
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::debug!(service = self.service, error = %error_chain(&e), "flow ended with an error");
+                    stack.abort(id);
+                    self.up_done = true;
+                    self.down_done = true;
+                }
+                Err(_) => self.up_done = true,
             }
-            Err(_) => return false,
+        }
+
+        // Service -> client: each chunk as the stream received it, only as far as the socket
+        // has room.
+        while !self.down_done {
+            if let Some(mut chunk) = self.pending.take() {
+                match stack.send(id, &chunk) {
+                    Ok(n) => {
+                        self.bytes_down = self.bytes_down.saturating_add(n as u64);
+                        counters.add_down(n);
+                        if n < chunk.len() {
+                            self.pending = Some(chunk.split_off(n));
+                            break;
+                        }
+                    }
+                    Err(_) => {
+                        self.down_done = true;
+                        break;
+                    }
+                }
+            }
+            let room = stack.send_capacity(id);
+            if room == 0 {
+                // Woken by the stack when the client acknowledges.
+                break;
+            }
+            match stream.poll_read_chunk(&mut cx, room.min(CHUNK)) {
+                Poll::Ready(Ok(Some(chunk))) => {
+                    tracing::trace!(?id, n = chunk.len(), "service -> client");
+                    self.pending = Some(chunk);
+                }
+                Poll::Ready(Ok(None)) => {
+                    tracing::trace!(?id, "service finished sending");
+                    stack.finish(id);
+                    self.down_done = true;
+                }
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(service = self.service, error = %error_chain(&e), "flow ended with an error");
+                    stack.abort(id);
+                    self.down_done = true;
+                }
+                Poll::Pending => break,
+            }
+        }
+        !stack.is_closed(id)
+    }
+
+    /// Looks at the dial of a held flow: accepts the client's handshake when it succeeded,
+    /// refuses it (RST) when it failed. `false` when the flow is over.
+    fn take_dial(&mut self, stack: &mut NetStack, id: FlowId) -> bool {
+        let Some(dial) = self.dial.as_mut() else {
+            return false;
+        };
+        match dial.try_recv() {
+            Ok(stream) => {
+                self.dial = None;
+                self.stream = Some(stream);
+                // `false`: the handshake expired while dialing (the client gave up).
+                stack.accept_flow(id)
+            }
+            Err(oneshot::error::TryRecvError::Closed) => {
+                // The dial failed (logged with the service and the reason): RST the SYN, so
+                // the application's connect() is refused.
+                self.dial = None;
+                stack.refuse_flow(id);
+                false
+            }
+            // Still dialing, unless the held SYN expired meanwhile.
+            Err(oneshot::error::TryRecvError::Empty) => stack.endpoints(id).is_some(),
         }
     }
 }
 
-/// One flow: dial the service, then move bytes both ways until both directions end.
-pub(super) async fn relay_flow(
+/// Dials the service of one TCP flow and hands the stream to its pipe.
+pub(super) async fn dial_flow(
     ctx: ZitiContext,
     service: String,
     opts: DialOptions,
-    mut up: mpsc::Receiver<Bytes>,
-    down: mpsc::Sender<Down>,
-    waker: FlowWaker,
+    dialed: oneshot::Sender<EdgeStream>,
+    waker: Waker,
     counters: Arc<Counters>,
 ) {
     // dial_with logs a failure with the service name and the reason.
-    let dialed = ctx.dial_with(&service, &opts).await;
-    counters.dialed(DialOutcome::of(&dialed));
-    let stream = match dialed {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = down.send(Down::Abort).await;
-            waker.wake();
-            return;
-        }
-    };
-    if down.send(Down::Dialed).await.is_err() {
-        return;
+    let result = ctx.dial_with(&service, &opts).await;
+    counters.dialed(DialOutcome::of(&result));
+    if let Ok(stream) = result {
+        // If the flow is gone meanwhile, the stream comes back and is closed here.
+        let _ = dialed.send(stream);
     }
     waker.wake();
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let upload = async {
-        while let Some(chunk) = up.recv().await {
-            tracing::trace!(service, n = chunk.len(), "writing to the service");
-            waker.wake(); // room in the channel again
-            wr.write_all(&chunk).await?;
-        }
-        wr.shutdown().await
-    };
-    let download = async {
-        // The read buffer grows while reads fill it and shrinks back when they do not, so an
-        // idle connection waits with a small one; each chunk goes down without another copy.
-        let mut size = MIN_READ;
-        loop {
-            let mut buf = BytesMut::with_capacity(size);
-            let n = rd.read_buf(&mut buf).await?;
-            size = if n == size {
-                (size * 2).min(CHUNK)
-            } else {
-                (size / 2).max(MIN_READ)
-            };
-            let msg = if n == 0 {
-                Down::Fin
-            } else {
-                Down::Data(buf.freeze())
-            };
-            let fin = matches!(msg, Down::Fin);
-            if down.send(msg).await.is_err() {
-                return Ok(());
-            }
-            waker.wake();
-            if fin {
-                return Ok::<(), std::io::Error>(());
-            }
-        }
-    };
-    let (u, d) = tokio::join!(upload, download);
-    if let Err(e) = u.and(d) {
-        tracing::debug!(service, error = %error_chain(&e), "flow ended with an error");
-        let _ = down.send(Down::Abort).await;
-        waker.wake();
-    }
 }
 
 /// One UDP flow: dial the service, then each datagram is one Data message each way, until the
@@ -193,8 +261,7 @@ pub(super) async fn relay_udp(
     let Ok(stream) = dialed else {
         return;
     };
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut buf = vec![0u8; 65536];
+    let (mut rd, mut wr) = stream.into_split();
     loop {
         tokio::select! {
             datagram = up.recv() => match datagram {
@@ -206,9 +273,9 @@ pub(super) async fn relay_udp(
                 }
                 None => break,
             },
-            read = rd.read(&mut buf) => match read {
-                Ok(n) if n > 0 => {
-                    let reply = Bytes::copy_from_slice(&buf[..n]);
+            read = rd.read_chunk(UDP_MAX) => match read {
+                Ok(Some(reply)) => {
+                    let n = reply.len();
                     if down.send((intercepted, client, reply)).await.is_err() {
                         break;
                     }
