@@ -824,13 +824,14 @@ async fn start_go_proxy(net: &Net) -> Result<Running> {
 }
 
 fn start_go_tproxy(net: &Net) -> Result<Running> {
-    // Its DNS and hostname pool stay out of zt-tunnel's way (our services intercept IPs only).
+    // Its DNS and hostname pool stay out of zt-tunnel's way (our services intercept IPs only;
+    // zt-tunnel's DNS holds 127.0.0.1:53).
     let guard = net.net.spawn_go_tunnel(
         "tproxy",
         &net.tproxy_identity,
         &[
             "--resolver",
-            "udp://127.0.0.1:53",
+            "udp://127.0.0.2:53",
             "--dnsSvcIpRange",
             "198.18.0.1/16",
         ],
