@@ -74,6 +74,13 @@ struct PendingAcks {
     seqs: VecDeque<i32>,
     /// RTT stamp of the oldest payload waiting for this acknowledgement that had one.
     rtt: u16,
+    /// When the oldest sequence in `seqs` arrived.
+    since: Option<Instant>,
+    /// Payload bytes the sequences in `seqs` carried.
+    bytes: u64,
+    /// Send at once, with no RTT sample (a duplicate, a payload with flags, a closing
+    /// application, a buffer past a Go sender's stop): do not wait for `ack_delay`.
+    urgent: bool,
     window_update: bool,
     last_size_sent: u32,
 }
@@ -319,6 +326,10 @@ impl Circuit {
         if self.closed {
             return;
         }
+        // Nothing more will be read: acknowledge what is waiting now, not after the delay.
+        if !self.acks.seqs.is_empty() {
+            self.acks.urgent = true;
+        }
         if !self.rx_done {
             let peer_finished = self.recv.ended();
             self.recv.discard_all();
@@ -478,16 +489,37 @@ impl Circuit {
         }
         let seq = p.sequence;
         let rtt = p.rtt;
+        let len = p.data.len() as u64;
+        // Anything but first-time plain data (start, end, EOF, write failed, a retransmission)
+        // is acknowledged at once: the peer's close is not held up by our acknowledgement
+        // delay, and a retransmission means the peer is already waiting for it.
+        let resent = p.flags.contains(Flags::RETRANSMIT);
+        let plain = !p.flags.intersects(
+            Flags::CIRCUIT_START
+                | Flags::CIRCUIT_END
+                | Flags::RETRANSMIT
+                | Flags::EOF
+                | Flags::WRITE_FAILED,
+        );
         let had_readable = self.recv.has_readable() || self.rx_done;
         match self.recv.receive(p, &self.opts) {
-            Ok(RxOutcome::Accepted | RxOutcome::Duplicate) => {
+            Ok(outcome @ (RxOutcome::Accepted | RxOutcome::Duplicate)) => {
                 if self.acks.seqs.len() < MAX_PENDING_ACKS {
                     self.acks.seqs.push_back(seq);
+                    self.acks.since.get_or_insert(now);
+                    self.acks.bytes += len;
+                    // A duplicate means the peer's timer beat our acknowledgement: answer
+                    // at once, or it resends more.
+                    if outcome == RxOutcome::Duplicate || !plain {
+                        self.acks.urgent = true;
+                    }
                     // One acknowledgement covers every payload since the last one; echo
                     // the oldest stamp, so the sender's round trip includes the time a
                     // payload waited for it (Go acknowledges each payload at once; echoing
                     // the newest made a router time out payloads we held and resend them).
-                    if rtt != 0 && self.acks.rtt == 0 {
+                    // Karn: a resent or duplicate payload's stamp is not echoed; its fresh
+                    // stamp would tell the sender its round trip is shorter than it is.
+                    if rtt != 0 && self.acks.rtt == 0 && !resent && outcome == RxOutcome::Accepted {
                         self.acks.rtt = rtt;
                     }
                 }
@@ -497,6 +529,14 @@ impl Circuit {
                 self.abort(now);
                 return Err(e.into());
             }
+        }
+        // Past the size at which a Go sender stops: tell it now, not after the delay.
+        let stop = self.opts.tx_portal_max_size;
+        if !self.acks.seqs.is_empty()
+            && self.acks.last_size_sent <= stop
+            && self.reported_recv_size() > stop
+        {
+            self.acks.urgent = true;
         }
         if !had_readable && self.recv.has_readable() {
             self.push_event(Event::Readable);
@@ -560,7 +600,7 @@ impl Circuit {
         if let Some(m) = self.control_out.pop_front() {
             return Some(m);
         }
-        if let Some(ack) = self.take_ack() {
+        if let Some(ack) = self.take_ack(now) {
             return Some(ack.to_message(Some(self.conn_id)));
         }
         if self.tx != TxState::Closed
@@ -597,20 +637,47 @@ impl Circuit {
         }
     }
 
-    fn take_ack(&mut self) -> Option<Acknowledgement> {
-        if self.acks.seqs.is_empty() && !self.acks.window_update {
+    /// When the pending acknowledgement must go out at the latest (`None`: nothing pending).
+    fn ack_deadline(&self) -> Option<Instant> {
+        let since = self.acks.since?;
+        since.checked_add(self.opts.ack_delay).or(Some(since))
+    }
+
+    /// The acknowledgement to send now, if one is due.
+    ///
+    /// * `ack_bytes` or [`ACK_BATCH`] payloads waiting, or the oldest waiting `ack_delay`: an
+    ///   acknowledgement echoing the oldest waiting payload's stamp, so the peer's RTT includes
+    ///   the delay it is answered with and its retransmission timeout stays above it.
+    /// * A duplicate or a payload that starts or ends something: at once, with no RTT sample
+    ///   (an early acknowledgement would tell the peer the round trip is shorter than the delay
+    ///   its other payloads wait).
+    /// * A window update alone (Go `SendEmptyAck`): no sequences, no sample.
+    fn take_ack(&mut self, now: Instant) -> Option<Acknowledgement> {
+        let waiting = !self.acks.seqs.is_empty();
+        let regular = waiting
+            && (self.closed
+                || self.acks.seqs.len() >= ACK_BATCH
+                || self.acks.bytes >= u64::from(self.opts.ack_bytes)
+                || self.ack_deadline().is_some_and(|at| now >= at));
+        let early = waiting && self.acks.urgent && !regular;
+        if !regular && !early && !self.acks.window_update {
             return None;
         }
-        let n = self.acks.seqs.len().min(ACK_BATCH);
-        let sequences: Vec<i32> = self.acks.seqs.drain(..n).collect();
-        let rtt = if sequences.is_empty() {
-            0
-        } else {
-            self.acks.rtt
-        };
-        if self.acks.seqs.is_empty() {
+        let (sequences, rtt) = if regular || early {
+            let n = self.acks.seqs.len().min(ACK_BATCH);
+            let sequences: Vec<i32> = self.acks.seqs.drain(..n).collect();
+            let rtt = if regular { self.acks.rtt } else { 0 };
+            // What is left (over a batch) arrived later than the stamp held: no sample for it.
             self.acks.rtt = 0;
-        }
+            if self.acks.seqs.is_empty() {
+                self.acks.since = None;
+                self.acks.bytes = 0;
+                self.acks.urgent = false;
+            }
+            (sequences, rtt)
+        } else {
+            (Vec::new(), 0)
+        };
         let size = self.reported_recv_size();
         self.acks.last_size_sent = size;
         self.acks.window_update = false;
@@ -637,6 +704,7 @@ impl Circuit {
         if self.tx != TxState::Closed {
             consider(self.send.next_timeout(&self.opts));
         }
+        consider(self.ack_deadline());
         if let TxState::Finishing { since } = self.tx {
             let wait = if self.send.is_empty() || self.send.only_end_left() {
                 self.opts.close_linger.min(self.opts.max_close_wait)

@@ -236,6 +236,8 @@ fn reading_a_full_buffer_sends_a_window_update() {
         a.send(Bytes::from(vec![1u8; 30_000])).unwrap();
     }
     pump(&mut a, &mut b, t);
+    // The acknowledgement goes out once the oldest payload has waited `ack_delay`.
+    pump(&mut a, &mut b, t + Options::default().ack_delay);
     // b holds 120,000 bytes and reports four times that (`rx_report_multiplier`).
     assert_eq!(Options::default().rx_report_multiplier, 4);
     assert_eq!(b.stats().recv_buffered, 120_000);
@@ -370,4 +372,143 @@ fn foreign_and_looped_messages_are_ignored() {
         Err(CircuitError::Decode(DecodeError::MissingSequence))
     ));
     assert!(b.is_closed());
+}
+
+fn data_payload(seq: i32, stamp: u16, flags: Flags, len: usize) -> Message {
+    Payload {
+        circuit_id: "c".into(),
+        flags,
+        rtt: stamp,
+        sequence: seq,
+        headers: PayloadHeaders::new(),
+        data: Bytes::from(vec![7u8; len]),
+    }
+    .to_message(None)
+}
+
+fn ack_from(c: &mut Circuit, now: Instant) -> Option<Acknowledgement> {
+    while let Some(m) = c.poll_transmit(now) {
+        if m.content_type == content_type::ACKNOWLEDGEMENT {
+            return Some(Acknowledgement::from_message(&m).unwrap());
+        }
+    }
+    None
+}
+
+/// A receiver that has seen CircuitStart (so it is past its own start-up acknowledgements).
+fn started_receiver(t: Instant) -> Circuit {
+    let mut b = Circuit::new(
+        "c",
+        1,
+        Originator::Terminator,
+        Options::default(),
+        t,
+        UNIX_MS,
+    );
+    b.handle_message(t, &data_payload(0, 0, Flags::CIRCUIT_START, 0))
+        .unwrap();
+    while b.poll_transmit(t).is_some() {}
+    b
+}
+
+#[test]
+fn acknowledgements_wait_for_the_delay_and_echo_the_oldest_stamp() {
+    let t = Instant::now();
+    let delay = Options::default().ack_delay;
+    let mut b = started_receiver(t);
+    b.handle_message(t, &data_payload(1, 100, Flags::empty(), 1000))
+        .unwrap();
+    let later = t + delay / 2;
+    b.handle_message(later, &data_payload(2, 112, Flags::empty(), 1000))
+        .unwrap();
+    // Nothing yet: the timer says when.
+    assert!(ack_from(&mut b, later).is_none());
+    assert_eq!(b.poll_timeout(), Some(t + delay));
+    let ack = ack_from(&mut b, t + delay).expect("due");
+    assert_eq!(ack.sequences, vec![1, 2]);
+    assert_eq!(ack.rtt, 100, "the oldest payload's stamp");
+    assert!(b.poll_timeout().is_none());
+}
+
+#[test]
+fn a_megabyte_waiting_is_acknowledged_at_once() {
+    let t = Instant::now();
+    let opts = Options::default();
+    let mut b = started_receiver(t);
+    let size = 64 * 1024;
+    let count = (opts.ack_bytes as usize).div_ceil(size);
+    for i in 0..count {
+        assert!(
+            ack_from(&mut b, t).is_none(),
+            "not before {} bytes",
+            opts.ack_bytes
+        );
+        b.handle_message(t, &data_payload(i as i32 + 1, 50, Flags::empty(), size))
+            .unwrap();
+        // Read as we go, so the receive buffer stays small.
+        while b.read(usize::MAX).is_some() {}
+    }
+    let ack = ack_from(&mut b, t).expect("ack_bytes reached");
+    assert_eq!(ack.sequences.len(), count);
+    assert_eq!(ack.rtt, 50);
+}
+
+#[test]
+fn duplicates_and_retransmissions_are_acknowledged_at_once_without_a_sample() {
+    let t = Instant::now();
+    let mut b = started_receiver(t);
+    let m = data_payload(1, 300, Flags::empty(), 10);
+    b.handle_message(t, &m).unwrap();
+    b.handle_message(t, &m).unwrap();
+    let ack = ack_from(&mut b, t).expect("a duplicate is answered at once");
+    assert_eq!(ack.sequences, vec![1, 1]);
+    assert_eq!(ack.rtt, 0, "an early acknowledgement carries no RTT sample");
+    // Karn: a retransmission's stamp is never echoed, even in a regular acknowledgement.
+    b.handle_message(t, &data_payload(3, 400, Flags::RETRANSMIT, 10))
+        .unwrap();
+    let ack = ack_from(&mut b, t).expect("a retransmission is answered at once");
+    assert_eq!((ack.sequences, ack.rtt), (vec![3], 0));
+    let delay = Options::default().ack_delay;
+    b.handle_message(t, &data_payload(2, 500, Flags::RETRANSMIT, 10))
+        .unwrap();
+    b.handle_message(t, &data_payload(4, 600, Flags::empty(), 10))
+        .unwrap();
+    let ack = ack_from(&mut b, t + delay).expect("due");
+    assert_eq!(ack.sequences, vec![2, 4]);
+    assert_eq!(ack.rtt, 600, "4 is the oldest payload sent once");
+}
+
+#[test]
+fn filling_past_a_go_senders_stop_is_reported_at_once() {
+    let t = Instant::now();
+    let opts = Options::default();
+    let mut b = started_receiver(t);
+    let size = 64 * 1024;
+    // Unread: 16 payloads (1 MiB) report 4 MiB, the 17th crosses a Go sender's stop.
+    for i in 1..=16 {
+        b.handle_message(t, &data_payload(i, 9, Flags::empty(), size))
+            .unwrap();
+    }
+    assert!(ack_from(&mut b, t).is_some(), "1 MiB waiting: ack_bytes");
+    b.handle_message(t, &data_payload(17, 9, Flags::empty(), size))
+        .unwrap();
+    let ack = ack_from(&mut b, t).expect("past the stop: at once");
+    assert!(ack.recv_buffer_size > opts.tx_portal_max_size);
+    assert_eq!(ack.sequences, vec![17]);
+}
+
+#[test]
+fn a_closed_circuit_flushes_its_waiting_acknowledgement() {
+    let t = Instant::now();
+    let mut b = started_receiver(t);
+    b.handle_message(t, &data_payload(1, 9, Flags::empty(), 10))
+        .unwrap();
+    b.close(t);
+    let mut acked = Vec::new();
+    while let Some(m) = b.poll_transmit(t) {
+        if m.content_type == content_type::ACKNOWLEDGEMENT {
+            acked.extend(Acknowledgement::from_message(&m).unwrap().sequences);
+        }
+    }
+    assert!(acked.contains(&1));
 }

@@ -21,14 +21,14 @@ fn moves_megabytes_both_ways_over_a_lossy_reordering_link() {
             Duration::from_millis(5),
             Duration::from_millis(8),
             20,
-            10,
+            30,
         ),
         Link::new(
             2,
             Duration::from_millis(5),
             Duration::from_millis(8),
             20,
-            10,
+            30,
         ),
     );
     let up = pattern(4 * MIB, 11);
