@@ -1226,12 +1226,8 @@ impl Channel {
         let Some(c) = self.slots.get_mut(&conn).and_then(|s| s.xg.as_mut()) else {
             return;
         };
-        let mut msg = msg;
-        if msg.content_type == xgress::messages::content_type::PAYLOAD {
-            // The body is a slice of a large receive buffer; a payload the application has not
-            // read yet would keep all of it alive. Its own copy keeps memory at the window.
-            msg.body = Bytes::copy_from_slice(&msg.body);
-        }
+        // The body is a slice of its frame's own allocation (see `handle_input`), so a payload
+        // the application has not read pins only itself: no copy needed.
         if let Err(e) = c.handle_message(now, &msg) {
             tracing::debug!(conn, error = %crate::error_report::error_chain(&e), "xgress message refused");
         }
