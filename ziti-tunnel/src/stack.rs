@@ -141,7 +141,9 @@ pub enum FlowError {
 /// Packets a held flow keeps at most (retransmitted SYNs replace each other, so this only
 /// bounds a client that sends more before the handshake).
 const HELD_PACKETS: usize = 4;
-/// Packets waiting for one flow's next poll at most; more are dropped (TCP retransmits).
+/// Packets waiting for one flow's next poll at most; more are dropped (TCP retransmits). Their
+/// bytes are bounded too, by twice the flow's TCP buffer plus one packet: a client that keeps
+/// to the window never has more in flight, and at a 64 KiB MTU 256 packets would be 16 MiB.
 const FLOW_INBOX: usize = 256;
 /// A flow whose buffers are empty and have been for this long gives their pages back.
 const RELEASE_AFTER: Duration = Duration::from_secs(1);
@@ -165,6 +167,8 @@ struct Flow {
     phase: Phase,
     /// Packets for this flow, waiting for its next poll.
     inbox: VecDeque<Vec<u8>>,
+    /// Bytes in `inbox`.
+    inbox_bytes: usize,
     /// Its entry in [`NetStack::timers`].
     timer: Option<Instant>,
     /// In [`NetStack::dirty`].
@@ -352,9 +356,12 @@ impl NetStack {
                 if flow.inbox.len() < HELD_PACKETS {
                     flow.inbox.push_back(packet.to_vec());
                 }
+                flow.inbox_bytes = flow.inbox.iter().map(Vec::len).sum();
             }
             Phase::Open => {
-                if flow.inbox.len() < FLOW_INBOX {
+                let byte_limit = 2 * self.config.tcp_buffer + self.config.mtu;
+                if flow.inbox.len() < FLOW_INBOX && flow.inbox_bytes + packet.len() <= byte_limit {
+                    flow.inbox_bytes += packet.len();
                     flow.inbox.push_back(packet.to_vec());
                     mark(&mut self.dirty, id, flow);
                 }
@@ -405,6 +412,7 @@ impl NetStack {
                 opened: now,
                 phase: Phase::Held,
                 inbox: VecDeque::new(),
+                inbox_bytes: 0,
                 timer: Some(expires),
                 dirty: false,
                 ready: false,
@@ -583,6 +591,7 @@ impl NetStack {
             return;
         }
         self.device.rx.extend(flow.inbox.drain(..));
+        flow.inbox_bytes = 0;
         let sent_before = self.device.tx.len();
         self.iface.poll(t, &mut self.device, flow.socket.set_mut());
         // What this flow has acknowledged so far: the latest of its segments just queued.
@@ -597,6 +606,7 @@ impl NetStack {
         }
         // Packets smoltcp did not take (the transmit queue filled up) stay this flow's.
         while let Some(p) = self.device.rx.pop_back() {
+            flow.inbox_bytes += p.len();
             flow.inbox.push_front(p);
         }
         if !flow.inbox.is_empty() {

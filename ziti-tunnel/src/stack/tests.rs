@@ -534,3 +534,34 @@ fn a_segment_held_out_of_order_keeps_the_pages_and_its_bytes() {
     );
     assert!(got == up[..got.len()], "the client's bytes, not zeros");
 }
+
+#[test]
+fn a_flows_waiting_packets_are_bounded_in_bytes() {
+    let now = Instant::now();
+    let mut client = Client::new(now);
+    let mut st = stack(now);
+    let h = client.connect(SVC, 40001);
+    pump(&mut client, &mut st, now, &|_| true);
+    let flow = st.poll_new_flow().expect("a new flow");
+    client.sock(h).send_slice(&[5u8; 1000]).unwrap();
+    client.iface.poll(
+        smol_now(client.epoch, now),
+        &mut client.device,
+        &mut client.sockets,
+    );
+    let p = client.device.tx.pop_front().expect("a data segment");
+    // The same segment over and over, with no poll in between: the count bound (256 x ~1 KiB)
+    // is above the byte bound (2 x 64 KiB + one 1500-byte packet), so bytes decide.
+    let limit = 2 * 64 * 1024 + 1500;
+    assert!(FLOW_INBOX * p.len() > limit);
+    for _ in 0..FLOW_INBOX {
+        st.receive_packet(&p, now, |_, _| true);
+    }
+    let f = st.flows.get(&flow.id).expect("the flow");
+    assert_eq!(f.inbox.len(), limit / p.len());
+    assert_eq!(f.inbox_bytes, f.inbox.len() * p.len());
+    // A poll hands them to smoltcp and the count starts again.
+    st.poll(now);
+    let f = st.flows.get(&flow.id).expect("the flow");
+    assert_eq!((f.inbox.len(), f.inbox_bytes), (0, 0));
+}

@@ -100,7 +100,7 @@ impl Default for TunnelConfig {
     fn default() -> Self {
         TunnelConfig {
             tun_name: "ziti0".into(),
-            mtu: 9000,
+            mtu: 65000,
             pool: Ipv4Cidr::DEFAULT,
             ipv6_pool: Some(Ipv6Cidr::DEFAULT),
             dns: true,
