@@ -33,7 +33,10 @@
 //! * issue 9 point 3: `--idle` TCP connections are opened through the tunneler to the echo
 //!   service (each makes one echo round trip) and held open, unused, while one upload and one
 //!   download are measured as above; they are checked with one more round trip afterwards, then
-//!   closed. The ratio to the same stream without them (same runs) is printed.
+//!   closed. The same upload and download are measured again just before the connections are
+//!   opened, and the ratio printed is to those (per run and of the medians): on a shared
+//!   2-core network a later run is often slower for every tunneler, so the ratio to the first
+//!   cases of the run, minutes earlier, measured the drift as much as the idle connections.
 //!
 //! Reported per case: MiB/s (median and range), the tunneler's CPU seconds per GiB moved
 //! (`utime + stime` of the zt-tunnel or Go tunneler process from `/proc/<pid>/stat`, all its
@@ -123,6 +126,10 @@ enum Case {
     Up,
     Down,
     Multi,
+    /// Upload just before the idle connections are opened (the pair of `IdleUp`).
+    BeforeIdleUp,
+    /// Download just before the idle connections are opened (the pair of `IdleDown`).
+    BeforeIdleDown,
     IdleUp,
     IdleDown,
 }
@@ -133,6 +140,8 @@ impl Case {
             Case::Up => "upload".into(),
             Case::Down => "download".into(),
             Case::Multi => format!("{STREAMS} x download"),
+            Case::BeforeIdleUp => "upload, just before opening the idle conns".into(),
+            Case::BeforeIdleDown => "download, just before opening the idle conns".into(),
             Case::IdleUp => format!("upload, {idle} idle conns"),
             Case::IdleDown => format!("download, {idle} idle conns"),
         }
@@ -1023,8 +1032,12 @@ impl Bench {
         let r0 = self.router_pid.and_then(proc_cpu);
         let h0 = self.host_pid.and_then(proc_cpu);
         let (secs, bytes) = match case {
-            Case::Up | Case::IdleUp => (self.upload(targets.sink, len).await?, len),
-            Case::Down | Case::IdleDown => (self.download(targets.source, len, 1).await?, len),
+            Case::Up | Case::BeforeIdleUp | Case::IdleUp => {
+                (self.upload(targets.sink, len).await?, len)
+            }
+            Case::Down | Case::BeforeIdleDown | Case::IdleDown => {
+                (self.download(targets.source, len, 1).await?, len)
+            }
             Case::Multi => (
                 self.download(targets.source, len, STREAMS).await?,
                 len * STREAMS as u64,
@@ -1243,9 +1256,9 @@ fn idle_table(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| tunneler | direction | MiB/s without | MiB/s with {idle} idle | ratio | idle conns open / failed / alive after (per round) | time to open them, s | tunneler RSS before -> with them -> after closing, MiB (KiB per conn) |"
+        "| tunneler | direction | MiB/s just before (median) | MiB/s with {idle} idle (median) | ratio of medians | ratio per run | idle conns open / failed / alive after (per round) | time to open them, s | tunneler RSS before -> with them -> after closing, MiB (KiB per conn) |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for t in tunnelers {
         let Some(rounds) = rounds.get(t) else {
             continue;
@@ -1272,9 +1285,22 @@ fn idle_table(
                 _ => "-".into(),
             })
             .collect();
-        for (plain, with) in [(Case::Up, Case::IdleUp), (Case::Down, Case::IdleDown)] {
+        for (plain, with) in [
+            (Case::BeforeIdleUp, Case::IdleUp),
+            (Case::BeforeIdleDown, Case::IdleDown),
+        ] {
             let p = results.get(&(*t, plain)).and_then(|s| median_rate(s));
             let w = results.get(&(*t, with)).and_then(|s| median_rate(s));
+            // Samples are pushed in run order; a failed run leaves the pairing unknown.
+            let per_run = match (results.get(&(*t, plain)), results.get(&(*t, with))) {
+                (Some(a), Some(b)) if a.len() == b.len() => a
+                    .iter()
+                    .zip(b)
+                    .map(|(a, b)| format!("{:.2}", rate(b) / rate(a)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                _ => "-".into(),
+            };
             let fmt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
             let ratio = match (p, w) {
                 (Some(p), Some(w)) if p > 0.0 => format!("{:.2}", w / p),
@@ -1282,12 +1308,17 @@ fn idle_table(
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 t.label(),
-                plain.name(idle),
+                if plain == Case::BeforeIdleUp {
+                    "upload"
+                } else {
+                    "download"
+                },
                 fmt(p),
                 fmt(w),
                 ratio,
+                per_run,
                 opened.join(", "),
                 open_secs.join(", "),
                 rss.join(", "),
@@ -1445,6 +1476,13 @@ fn main() -> Result<()> {
                 continue;
             }
             for t in &tunnelers {
+                // The same streams without idle connections, right before them: the ratio of
+                // point 3 compares measurements minutes apart otherwise, and on this shared
+                // network a later run is often slower for every tunneler.
+                for case in [Case::BeforeIdleUp, Case::BeforeIdleDown] {
+                    let r = bench.measure(*t, case, len).await;
+                    record(run, *t, case, r, &mut results, &mut failures);
+                }
                 let run_ = bench.running(*t)?;
                 let (pid, echo) = (run_.pid()?, run_.targets.echo);
                 let rss_before = proc_kib(pid, "VmRSS:");
