@@ -926,7 +926,13 @@ struct IdleRound {
     /// RSS once they are closed and their circuits gone.
     rss_after: Option<u64>,
     alive_after: usize,
+    /// CPU share (percent of one core) of the tunneler, the router and the Go host over
+    /// `IDLE_CPU_WINDOW` with the idle connections open and nothing moving.
+    idle_cpu: [Option<f64>; 3],
 }
+
+/// How long the processes' CPU use is sampled with only the idle connections open.
+const IDLE_CPU_WINDOW: Duration = Duration::from_secs(5);
 
 impl Bench {
     fn running(&self, t: Tunneler) -> Result<&Running> {
@@ -1256,9 +1262,9 @@ fn idle_table(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| tunneler | direction | MiB/s just before (median) | MiB/s with {idle} idle (median) | ratio of medians | ratio per run | idle conns open / failed / alive after (per round) | time to open them, s | tunneler RSS before -> with them -> after closing, MiB (KiB per conn) |"
+        "| tunneler | direction | MiB/s just before (median) | MiB/s with {idle} idle (median) | ratio of medians | ratio per run | idle conns open / failed / alive after (per round) | time to open them, s | tunneler RSS before -> with them -> after closing, MiB (KiB per conn) | CPU with only them open, % of a core: tunneler / router / Go host (per round) |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     for t in tunnelers {
         let Some(rounds) = rounds.get(t) else {
             continue;
@@ -1285,6 +1291,16 @@ fn idle_table(
                 _ => "-".into(),
             })
             .collect();
+        let idle_cpu: Vec<String> = rounds
+            .iter()
+            .map(|r| {
+                r.idle_cpu
+                    .iter()
+                    .map(|v| v.map_or("-".into(), |v| format!("{v:.1}")))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            })
+            .collect();
         for (plain, with) in [
             (Case::BeforeIdleUp, Case::IdleUp),
             (Case::BeforeIdleDown, Case::IdleDown),
@@ -1308,7 +1324,7 @@ fn idle_table(
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 t.label(),
                 if plain == Case::BeforeIdleUp {
                     "upload"
@@ -1322,6 +1338,7 @@ fn idle_table(
                 opened.join(", "),
                 open_secs.join(", "),
                 rss.join(", "),
+                idle_cpu.join(", "),
             );
         }
     }
@@ -1502,6 +1519,26 @@ fn main() -> Result<()> {
                 // Let the opening burst settle before measuring beside them.
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 let rss_with = proc_kib(pid, "VmRSS:");
+                // What the idle connections alone cost each process, nothing moving.
+                let pids = [Some(pid), bench.router_pid, bench.host_pid];
+                let before = pids.map(|p| p.and_then(proc_cpu));
+                tokio::time::sleep(IDLE_CPU_WINDOW).await;
+                let after = pids.map(|p| p.and_then(proc_cpu));
+                let mut idle_cpu = [None; 3];
+                for k in 0..3 {
+                    if let (Some(b), Some(a)) = (before[k], after[k]) {
+                        idle_cpu[k] = Some(100.0 * (a - b) / IDLE_CPU_WINDOW.as_secs_f64());
+                    }
+                }
+                let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} %"));
+                eprintln!(
+                    "run {run} {}: CPU over {} s with only the idle connections open: tunneler {}, router {}, Go host {}",
+                    t.name(),
+                    IDLE_CPU_WINDOW.as_secs(),
+                    pct(idle_cpu[0]),
+                    pct(idle_cpu[1]),
+                    pct(idle_cpu[2])
+                );
                 for case in [Case::IdleUp, Case::IdleDown] {
                     let r = bench.measure(*t, case, len).await;
                     record(run, *t, case, r, &mut results, &mut failures);
@@ -1520,6 +1557,7 @@ fn main() -> Result<()> {
                     rss_with,
                     rss_after: None,
                     alive_after,
+                    idle_cpu,
                 });
                 // The closed connections' circuits go away before the next measurement.
                 tokio::time::sleep(Duration::from_secs(5)).await;
