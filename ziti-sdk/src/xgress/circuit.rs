@@ -78,6 +78,9 @@ struct PendingAcks {
     since: Option<Instant>,
     /// Payload bytes the sequences in `seqs` carried.
     bytes: u64,
+    /// Its delay ran out at a `handle_timeout`: a regular acknowledgement waits for the next
+    /// `poll_transmit`, and no timer is needed for it.
+    due: bool,
     /// Send at once, with no RTT sample (a duplicate, a payload with flags, a closing
     /// application, a buffer past a Go sender's stop): do not wait for `ack_delay`.
     urgent: bool,
@@ -639,6 +642,9 @@ impl Circuit {
 
     /// When the pending acknowledgement must go out at the latest (`None`: nothing pending).
     fn ack_deadline(&self) -> Option<Instant> {
+        if self.acks.due {
+            return None;
+        }
         let since = self.acks.since?;
         since.checked_add(self.opts.ack_delay).or(Some(since))
     }
@@ -656,6 +662,7 @@ impl Circuit {
         let waiting = !self.acks.seqs.is_empty();
         let regular = waiting
             && (self.closed
+                || self.acks.due
                 || self.acks.seqs.len() >= ACK_BATCH
                 || self.acks.bytes >= u64::from(self.opts.ack_bytes)
                 || self.ack_deadline().is_some_and(|at| now >= at));
@@ -673,6 +680,7 @@ impl Circuit {
                 self.acks.since = None;
                 self.acks.bytes = 0;
                 self.acks.urgent = false;
+                self.acks.due = false;
             }
             (sequences, rtt)
         } else {
@@ -731,6 +739,9 @@ impl Circuit {
         }
         if self.tx != TxState::Closed {
             self.send.maybe_retransmit(now, &self.opts);
+        }
+        if self.ack_deadline().is_some_and(|at| now >= at) {
+            self.acks.due = true;
         }
         self.check_close(now);
         self.update_writable();
