@@ -23,6 +23,7 @@ use ziti_sdk::router::IncomingDial;
 use ziti_sdk::services::{HostV1, Precedence, Protocol};
 use ziti_sdk::{Service, ZitiContext, ZitiListener, error_chain};
 
+use super::hosted_tcp;
 use super::netns::NetnsThread;
 use crate::app_data::AppData;
 use crate::health::{CheckRules, Effect, TerminatorHealth};
@@ -529,9 +530,9 @@ async fn serve_dial(
     };
     tracing::debug!(service, target = %target, "hosted connection");
     match backend {
-        Backend::Tcp(mut tcp) => {
-            let mut stream = stream;
-            if let Err(e) = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await {
+        Backend::Tcp(tcp) => {
+            let (from_ziti, to_ziti) = stream.into_split();
+            if let Err(e) = hosted_tcp::relay(from_ziti, to_ziti, tcp).await {
                 tracing::debug!(service, error = %error_chain(&e), "hosted connection ended with an error");
             }
         }

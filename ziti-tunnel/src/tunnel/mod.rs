@@ -26,6 +26,7 @@ mod builder;
 mod driver;
 mod handle;
 mod host_only;
+mod hosted_tcp;
 mod hosting;
 mod netns;
 mod relay;
