@@ -4,14 +4,21 @@
 //!
 //! ```sh
 //! cargo build --release -p ziti-tunnel -p ziti-benches --bin zt-tunnel --bin tunnel_bench
-//! target/release/tunnel_bench [--mib 256] [--runs 3] [--idle 1000] [--only zt,go-proxy,go-tproxy] [--no-netns]
+//! target/release/tunnel_bench [--mib 256] [--runs 3] [--idle 1000] [--only zt,go-proxy,go-tproxy] [--host go|zt|router] [--no-netns]
 //! ```
 //!
 //! Setup, like `flow_bench`: a `testnet` network (controller + one edge router on loopback) and
-//! three unencrypted services hosted by one `ziti tunnel host` (Go, default flags) that forwards
-//! to local TCP servers in this process: a sink (reads to EOF and counts), a source (reads an
-//! 8-byte little-endian length, writes that many bytes, closes) and an echo. The client is always
-//! a plain kernel TCP socket of this process; only the tunneler in between changes:
+//! three unencrypted services that forward to local TCP servers in this process: a sink (reads
+//! to EOF and counts), a source (reads an 8-byte little-endian length, writes that many bytes,
+//! closes) and an echo. One host serves them for every tunneler, chosen by `--host`:
+//!
+//! * `go` (default): `ziti tunnel host` (Go, default flags);
+//! * `zt`: `zt-tunnel run --host-only` (the same binary as the measured `zt-tunnel run`);
+//! * `router`: the edge router itself (its built-in tunneler in host mode, bound through a Bind
+//!   policy naming the router's identity), so no host process and no second edge connection.
+//!
+//! The client is always a plain kernel TCP socket of this process; only the tunneler in
+//! between changes:
 //!
 //! * `zt`: `zt-tunnel run --identity <id>` (default flags, its own TUN and DNS); the services
 //!   carry `intercept.v1` configs for `sink.tunnel-bench.test:80` etc., resolved once through
@@ -41,7 +48,8 @@
 //! Reported per case: MiB/s (median and range), the tunneler's CPU seconds per GiB moved
 //! (`utime + stime` of the zt-tunnel or Go tunneler process from `/proc/<pid>/stat`, all its
 //! threads), the tunneler's peak RSS during the case (`VmHWM`, reset before each case through
-//! `/proc/<pid>/clear_refs`), and the edge router's and the Go host's CPU per GiB.
+//! `/proc/<pid>/clear_refs`), and the edge router's and the host's CPU per GiB (with
+//! `--host router` the hosting is in the router's figure).
 //!
 //! Isolation: when run as root the program first moves itself into a private network namespace
 //! holding only `lo` (`unshare(CLONE_NEWNET)`); every process it starts (controller, router, Go
@@ -101,6 +109,33 @@ enum Tunneler {
     GoTproxy,
 }
 
+/// What hosts the services (`--host`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Host {
+    Go,
+    Zt,
+    Router,
+}
+
+impl Host {
+    fn parse(v: &str) -> Result<Host> {
+        match v {
+            "go" => Ok(Host::Go),
+            "zt" => Ok(Host::Zt),
+            "router" => Ok(Host::Router),
+            other => bail!("unknown host {other:?} (go, zt or router)"),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Host::Go => "Go `ziti tunnel host`",
+            Host::Zt => "`zt-tunnel run --host-only`",
+            Host::Router => "the edge router (built-in tunneler, host mode)",
+        }
+    }
+}
+
 impl Tunneler {
     const ALL: [Tunneler; 3] = [Tunneler::Zt, Tunneler::GoProxy, Tunneler::GoTproxy];
 
@@ -154,6 +189,7 @@ struct Args {
     warmup_mib: u64,
     idle: usize,
     tunnelers: Vec<Tunneler>,
+    host: Host,
     netns: bool,
     zt_bin: Option<PathBuf>,
     zt_log_level: String,
@@ -167,6 +203,7 @@ fn parse_args() -> Result<Args> {
         warmup_mib: 16,
         idle: 1000,
         tunnelers: Tunneler::ALL.to_vec(),
+        host: Host::Go,
         netns: true,
         zt_bin: None,
         zt_log_level: "info".into(),
@@ -195,12 +232,13 @@ fn parse_args() -> Result<Args> {
                     })
                     .collect::<Result<_>>()?;
             }
+            "--host" => args.host = Host::parse(&value("--host")?)?,
             "--no-netns" => args.netns = false,
             "-h" | "--help" => {
                 println!(
                     "tunnel_bench [--mib N (256)] [--runs N (3)] [--warmup-mib N (16)] \
                      [--idle N (1000; 0 skips the idle case)] [--only zt,go-proxy,go-tproxy] \
-                     [--zt-tunnel PATH (default: zt-tunnel beside this program)] \
+                     [--host go|zt|router (go)] [--zt-tunnel PATH (default: zt-tunnel beside this program)] \
                      [--zt-log-level LEVEL (info)] [--keep-logs DIR] [--no-netns]"
                 );
                 std::process::exit(0);
@@ -358,7 +396,7 @@ fn loadavg() -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Local servers behind the Go host (on their own thread and runtime)
+// Local servers behind the host (on their own thread and runtime)
 
 /// What the sink saw on one connection.
 #[derive(Debug)]
@@ -560,7 +598,7 @@ fn intercept_json(addr: &str, port: u16, connect_timeout_seconds: u32) -> String
 }
 
 /// Creates the sink, source and echo services with `intercepts` (one address each), dialable
-/// by `#{clients}` and bindable by `#{hosts}`.
+/// by `#{clients}` and bindable by the identities `hosts` names (a role: `#attr` or `@name`).
 fn create_services(
     net: &TestNet,
     base: &str,
@@ -605,24 +643,28 @@ fn create_services(
         &roles,
         &[&format!("#{clients}")],
     )?;
-    net.create_service_policy(
-        &format!("{base}-bind"),
-        "Bind",
-        &roles,
-        &[&format!("#{hosts}")],
-    )?;
+    net.create_service_policy(&format!("{base}-bind"), "Bind", &roles, &[hosts])?;
     let [sink, source, echo]: [String; 3] = names
         .try_into()
         .map_err(|_| anyhow!("three services expected"))?;
     Ok(Services { sink, source, echo })
 }
 
-fn setup_network(servers: &Servers, with_tproxy: bool) -> Result<(Net, ChildGuard)> {
+fn setup_network(
+    servers: &Servers,
+    with_tproxy: bool,
+    host: Host,
+    zt_bin: Option<&Path>,
+) -> Result<(Net, Option<ChildGuard>)> {
     let net = TestNet::start().context("start the test network")?;
     let base = unique_name("tb");
     let clients = format!("{base}-clients");
     let tproxy_clients = format!("{base}-tproxy-clients");
-    let hosts = format!("{base}-hosts");
+    let host_attr = format!("{base}-hosts");
+    let hosts = match host {
+        Host::Router => format!("@{}", net.router().name),
+        Host::Go | Host::Zt => format!("#{host_attr}"),
+    };
     let ports = [servers.sink_port, servers.source_port, servers.echo_port];
     let services = create_services(
         &net,
@@ -657,10 +699,31 @@ fn setup_network(servers: &Servers, with_tproxy: bool) -> Result<(Net, ChildGuar
     } else {
         PathBuf::new()
     };
-    let host_identity = enroll("host", &hosts)?;
-    let host = net
-        .spawn_go_tunnel("host", &host_identity, &[])
-        .context("start ziti tunnel host")?;
+    let host = match host {
+        Host::Go => {
+            let identity = enroll("host", &host_attr)?;
+            let guard = net
+                .spawn_go_tunnel("host", &identity, &[])
+                .context("start ziti tunnel host")?;
+            Some(guard)
+        }
+        Host::Zt => {
+            let identity = enroll("host", &host_attr)?;
+            let bin = zt_bin.ok_or_else(|| anyhow!("--host zt needs the zt-tunnel binary"))?;
+            let home = net.home();
+            let mut cmd = Command::new(bin);
+            cmd.env_remove("RUST_LOG")
+                .env_remove("ZT_LOG_LEVEL")
+                .args(["--log-level", "info", "--log-file"])
+                .arg(home.join("zt-tunnel-host.log"))
+                .args(["run", "--host-only", "--identity"])
+                .arg(&identity);
+            let guard = ChildGuard::spawn("zt-tunnel host", cmd, &home.join("zt-tunnel-host.out"))
+                .context("start zt-tunnel host")?;
+            Some(guard)
+        }
+        Host::Router => None,
+    };
     Ok((
         Net {
             net,
@@ -926,7 +989,7 @@ struct IdleRound {
     /// RSS once they are closed and their circuits gone.
     rss_after: Option<u64>,
     alive_after: usize,
-    /// CPU share (percent of one core) of the tunneler, the router and the Go host over
+    /// CPU share (percent of one core) of the tunneler, the router and the host over
     /// `IDLE_CPU_WINDOW` with the idle connections open and nothing moving.
     idle_cpu: [Option<f64>; 3],
 }
@@ -1195,7 +1258,7 @@ fn table(results: &Results, failures: &Failures, tunnelers: &[Tunneler], idle: u
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| tunneler | case | MiB/s median | MiB/s range (n) | tunneler CPU s/GiB | tunneler peak RSS MiB (lowest - highest run) | router CPU s/GiB | Go host CPU s/GiB |"
+        "| tunneler | case | MiB/s median | MiB/s range (n) | tunneler CPU s/GiB | tunneler peak RSS MiB (lowest - highest run) | router CPU s/GiB | host CPU s/GiB |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     let mut cases = vec![Case::Up, Case::Down, Case::Multi];
@@ -1262,7 +1325,7 @@ fn idle_table(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| tunneler | direction | MiB/s just before (median) | MiB/s with {idle} idle (median) | ratio of medians | ratio per run | idle conns open / failed / alive after (per round) | time to open them, s | tunneler RSS before -> with them -> after closing, MiB (KiB per conn) | CPU with only them open, % of a core: tunneler / router / Go host (per round) |"
+        "| tunneler | direction | MiB/s just before (median) | MiB/s with {idle} idle (median) | ratio of medians | ratio per run | idle conns open / failed / alive after (per round) | time to open them, s | tunneler RSS before -> with them -> after closing, MiB (KiB per conn) | CPU with only them open, % of a core: tunneler / router / host (per round) |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     for t in tunnelers {
@@ -1395,18 +1458,24 @@ fn main() -> Result<()> {
 
     let servers = start_servers()?;
     eprintln!("starting the test network (controller + router on loopback)...");
-    let (net, host) = setup_network(&servers, tunnelers.contains(&Tunneler::GoTproxy))?;
+    let (net, host) = setup_network(
+        &servers,
+        tunnelers.contains(&Tunneler::GoTproxy),
+        args.host,
+        zt.as_deref(),
+    )?;
     let keep_logs = KeepLogs {
         from: net.net.home().to_path_buf(),
         to: args.keep_logs.clone(),
     };
     let router_pid = find_router_pid(net.net.home());
-    let host_pid = host.pid();
+    let host_pid = host.as_ref().and_then(|h| h.pid());
     eprintln!(
-        "network up: controller {}, router port {} (pid {:?}), Go host pid {:?}",
+        "network up: controller {}, router port {} (pid {:?}), host: {} (pid {:?})",
         net.net.ctrl_url(),
         net.net.router().port,
         router_pid,
+        args.host.label(),
         host_pid
     );
 
@@ -1532,7 +1601,7 @@ fn main() -> Result<()> {
                 }
                 let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} %"));
                 eprintln!(
-                    "run {run} {}: CPU over {} s with only the idle connections open: tunneler {}, router {}, Go host {}",
+                    "run {run} {}: CPU over {} s with only the idle connections open: tunneler {}, router {}, host {}",
                     t.name(),
                     IDLE_CPU_WINDOW.as_secs(),
                     pct(idle_cpu[0]),
@@ -1577,9 +1646,12 @@ fn main() -> Result<()> {
     let load_end = loadavg();
 
     println!(
-        "\n{} MiB per stream, {} runs per case (interleaved), {} idle connections, {isolation}; \
-         load average at the start {load_start}, at the end {load_end}\n",
-        args.mib, args.runs, args.idle
+        "\n{} MiB per stream, {} runs per case (interleaved), {} idle connections, services \
+         hosted by {}, {isolation}; load average at the start {load_start}, at the end {load_end}\n",
+        args.mib,
+        args.runs,
+        args.idle,
+        args.host.label()
     );
     print!("{}", table(&results, &failures, &tunnelers, args.idle));
     if args.idle > 0 {
