@@ -216,7 +216,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "ziti0")]
     tun_name: String,
     /// MTU of the TUN device.
-    #[arg(long, default_value_t = 65000)]
+    #[arg(long, default_value_t = ziti_tunnel::tunnel::DEFAULT_MTU)]
     mtu: u16,
     /// Pool for intercepted hostnames; its first address is the TUN's and the DNS server's
     /// (Go: `-d/--dnsSvcIpRange`).
