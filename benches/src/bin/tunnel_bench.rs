@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo build --release -p ziti-tunnel -p ziti-benches --bin zt-tunnel --bin tunnel_bench
-//! target/release/tunnel_bench [--mib 256] [--runs 3] [--idle 1000] [--only zt,go-proxy,go-tproxy] [--host go|zt|router] [--no-netns]
+//! target/release/tunnel_bench [--mib 256] [--runs 3] [--idle 1000] [--only zt,go-proxy,go-tproxy] [--host go|zt|router] [--idle-only] [--no-netns]
 //! ```
 //!
 //! Setup, like `flow_bench`: a `testnet` network (controller + one edge router on loopback) and
@@ -44,6 +44,9 @@
 //!   opened, and the ratio printed is to those (per run and of the medians): on a shared
 //!   2-core network a later run is often slower for every tunneler, so the ratio to the first
 //!   cases of the run, minutes earlier, measured the drift as much as the idle connections.
+//!
+//! `--idle-only` measures only the point 3 cases (the pairs just before and with the idle
+//! connections), for more runs of them in the same time.
 //!
 //! Reported per case: MiB/s (median and range), the tunneler's CPU seconds per GiB moved
 //! (`utime + stime` of the zt-tunnel or Go tunneler process from `/proc/<pid>/stat`, all its
@@ -190,6 +193,7 @@ struct Args {
     idle: usize,
     tunnelers: Vec<Tunneler>,
     host: Host,
+    idle_only: bool,
     netns: bool,
     zt_bin: Option<PathBuf>,
     zt_log_level: String,
@@ -204,6 +208,7 @@ fn parse_args() -> Result<Args> {
         idle: 1000,
         tunnelers: Tunneler::ALL.to_vec(),
         host: Host::Go,
+        idle_only: false,
         netns: true,
         zt_bin: None,
         zt_log_level: "info".into(),
@@ -233,18 +238,22 @@ fn parse_args() -> Result<Args> {
                     .collect::<Result<_>>()?;
             }
             "--host" => args.host = Host::parse(&value("--host")?)?,
+            "--idle-only" => args.idle_only = true,
             "--no-netns" => args.netns = false,
             "-h" | "--help" => {
                 println!(
                     "tunnel_bench [--mib N (256)] [--runs N (3)] [--warmup-mib N (16)] \
                      [--idle N (1000; 0 skips the idle case)] [--only zt,go-proxy,go-tproxy] \
-                     [--host go|zt|router (go)] [--zt-tunnel PATH (default: zt-tunnel beside this program)] \
+                     [--host go|zt|router (go)] [--idle-only] [--zt-tunnel PATH (default: zt-tunnel beside this program)] \
                      [--zt-log-level LEVEL (info)] [--keep-logs DIR] [--no-netns]"
                 );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
         }
+    }
+    if args.idle_only && args.idle == 0 {
+        bail!("--idle-only needs idle connections (--idle N, N > 0)");
     }
     if args.mib == 0 || args.runs == 0 || args.warmup_mib == 0 {
         bail!("--mib, --runs and --warmup-mib must be positive");
@@ -1270,6 +1279,10 @@ fn table(results: &Results, failures: &Failures, tunnelers: &[Tunneler], idle: u
             let key = (*t, case);
             let samples = results.get(&key).map(Vec::as_slice).unwrap_or_default();
             let fails = failures.get(&key).map(Vec::len).unwrap_or_default();
+            if samples.is_empty() && fails == 0 {
+                // Not measured (`--idle-only`).
+                continue;
+            }
             let mut rates: Vec<f64> = samples.iter().map(rate).collect();
             let (med, range) = if rates.is_empty() {
                 ("failed".to_string(), "-".to_string())
@@ -1554,6 +1567,9 @@ fn main() -> Result<()> {
         for run in 1..=args.runs {
             for t in &tunnelers {
                 for case in [Case::Up, Case::Down, Case::Multi] {
+                    if args.idle_only {
+                        break;
+                    }
                     let r = bench.measure(*t, case, len).await;
                     record(run, *t, case, r, &mut results, &mut failures);
                 }
