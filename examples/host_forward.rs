@@ -38,7 +38,15 @@ async fn main() -> anyhow::Result<()> {
             let who = incoming.peer().dialer_identity_name.clone();
             match tokio::net::TcpStream::connect(&target).await {
                 Ok(mut tcp) => {
-                    let r = tokio::io::copy_bidirectional(&mut incoming, &mut tcp).await;
+                    // 64 KiB reads: each write to a Ziti stream is one edge payload, and the
+                    // router's cost is mostly per message (tokio's default is 8 KiB).
+                    let r = tokio::io::copy_bidirectional_with_sizes(
+                        &mut incoming,
+                        &mut tcp,
+                        64 * 1024,
+                        64 * 1024,
+                    )
+                    .await;
                     tracing::info!(?who, result = ?r, "connection done");
                 }
                 Err(e) => tracing::warn!(%target, error = %e, "cannot reach target"),
