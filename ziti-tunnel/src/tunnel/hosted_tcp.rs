@@ -152,12 +152,25 @@ mod tests {
         (a, b)
     }
 
-    #[tokio::test]
-    async fn both_directions_arrive_whole_and_half_close_on_their_own() {
-        let (ours, mut server) = pair().await;
+    /// A relay between a fresh TCP pair's first end and a channel of chunks (the Ziti side's
+    /// input) plus a recorder (its output); returns the server end, the chunk sender, the
+    /// recorder and the relay's task.
+    async fn start() -> (
+        TcpStream,
+        mpsc::Sender<Bytes>,
+        Recorder,
+        tokio::task::JoinHandle<io::Result<(u64, u64)>>,
+    ) {
+        let (ours, server) = pair().await;
         let (tx, rx) = mpsc::channel(4);
         let rec = Recorder::default();
-        let relay = tokio::spawn(relay(Chunks(rx), rec.clone(), ours));
+        let task = tokio::spawn(relay(Chunks(rx), rec.clone(), ours));
+        (server, tx, rec, task)
+    }
+
+    #[tokio::test]
+    async fn both_directions_arrive_whole_and_half_close_on_their_own() {
+        let (mut server, tx, rec, relay) = start().await;
 
         // Ziti -> server, then the Ziti side ends: the server reads end-of-file...
         tx.send(Bytes::from_static(b"hello ")).await.unwrap();
@@ -187,10 +200,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_server_closing_first_leaves_the_other_direction_open() {
-        let (ours, mut server) = pair().await;
-        let (tx, rx) = mpsc::channel(4);
-        let rec = Recorder::default();
-        let relay = tokio::spawn(relay(Chunks(rx), rec.clone(), ours));
+        let (mut server, tx, rec, relay) = start().await;
         server.write_all(b"bye").await.unwrap();
         server.shutdown().await.unwrap();
         // The Ziti side still sends after the server's end-of-file.
