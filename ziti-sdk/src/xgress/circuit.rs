@@ -114,6 +114,8 @@ pub struct Circuit {
     tx: TxState,
     /// The application will read nothing more (it read Fin, or closed).
     rx_done: bool,
+    /// Retransmitted payloads that were new to us.
+    recovered: u64,
     closed: bool,
     acks: PendingAcks,
     control_out: VecDeque<Message>,
@@ -154,6 +156,7 @@ impl Circuit {
             tx: TxState::Open,
             rx_done: false,
             closed: false,
+            recovered: 0,
             acks: PendingAcks::default(),
             control_out: VecDeque::new(),
             final_out: VecDeque::new(),
@@ -235,6 +238,7 @@ impl Circuit {
             duplicate_acks: self.send.total_duplicate_acks(),
             duplicate_payloads: self.recv.duplicates(),
             dropped_payloads: self.recv.dropped(),
+            recovered_payloads: self.recovered,
         }
     }
 
@@ -507,6 +511,9 @@ impl Circuit {
         let had_readable = self.recv.has_readable() || self.rx_done;
         match self.recv.receive(p, &self.opts) {
             Ok(outcome @ (RxOutcome::Accepted | RxOutcome::Duplicate)) => {
+                if resent && outcome == RxOutcome::Accepted {
+                    self.recovered += 1;
+                }
                 if self.acks.seqs.len() < MAX_PENDING_ACKS {
                     self.acks.seqs.push_back(seq);
                     self.acks.since.get_or_insert(now);

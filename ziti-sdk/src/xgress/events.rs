@@ -50,4 +50,7 @@ pub struct Stats {
     pub duplicate_payloads: u64,
     /// Payloads dropped for lack of buffer space.
     pub dropped_payloads: u64,
+    /// Payloads received with the retransmit flag that were new to us (the first copy was
+    /// lost on the way).
+    pub recovered_payloads: u64,
 }

@@ -1192,6 +1192,7 @@ impl Channel {
                     duplicate_acks = st.duplicate_acks,
                     duplicate_payloads = st.duplicate_payloads,
                     dropped_payloads = st.dropped_payloads,
+                    recovered_payloads = st.recovered_payloads,
                     rtt = ?st.rtt,
                     "circuit ended"
                 );

@@ -468,6 +468,12 @@ fn duplicates_and_retransmissions_are_acknowledged_at_once_without_a_sample() {
         .unwrap();
     let ack = ack_from(&mut b, t).expect("a retransmission is answered at once");
     assert_eq!((ack.sequences, ack.rtt), (vec![3], 0));
+    assert_eq!(b.stats().duplicate_payloads, 1);
+    assert_eq!(
+        b.stats().recovered_payloads,
+        1,
+        "3 came only as a retransmission"
+    );
     let delay = Options::default().ack_delay;
     b.handle_message(t, &data_payload(2, 500, Flags::RETRANSMIT, 10))
         .unwrap();
