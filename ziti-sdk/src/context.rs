@@ -63,6 +63,12 @@ pub struct ContextOptions {
     /// mode, where a connection whose application stops reading is closed once its receive
     /// buffer stays full (see [`crate::edge::channel`]).
     pub sdk_flow_control: bool,
+    /// Channels per edge router that dials are spread over (default
+    /// [`DEFAULT_DIAL_CHANNELS`](crate::router::DEFAULT_DIAL_CHANNELS)). The router drops
+    /// payloads for a channel whose queue is full, so busy connections sharing one channel
+    /// lose and resend each other's data; 1 keeps every connection on one channel per router,
+    /// like the Go and C SDKs.
+    pub dial_channels: usize,
 }
 
 impl Default for ContextOptions {
@@ -71,6 +77,7 @@ impl Default for ContextOptions {
             auth: AuthMethod::Auto,
             dial_timeout: DEFAULT_DIAL_TIMEOUT,
             sdk_flow_control: true,
+            dial_channels: crate::router::DEFAULT_DIAL_CHANNELS,
         }
     }
 }
@@ -294,6 +301,7 @@ impl ZitiContext {
             identity.name(),
         );
         pool.set_sdk_flow_control(options.sdk_flow_control);
+        pool.set_dial_channels(options.dial_channels);
         Ok(ZitiContext {
             inner: Arc::new(Inner {
                 controller,

@@ -479,3 +479,77 @@ async fn dial_reaches_the_named_hosting_identity() {
         assert_eq!(answer, who);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dials_spread_over_a_routers_dial_channels() {
+    common::init_tracing();
+    let net = TestNet::shared();
+    let svc = setup_service(net, "spread", false, None);
+    let host_ctx = ZitiContext::from_file(&svc.host_identity).await.unwrap();
+    let mut listener = host_ctx.listen(&svc.name).await.unwrap();
+    tokio::spawn(async move {
+        while let Some(mut s) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let identity = ziti_sdk::Identity::load(&svc.client_identity).unwrap();
+    let options = ziti_sdk::ContextOptions {
+        dial_channels: 3,
+        ..Default::default()
+    };
+    let ctx = ZitiContext::new(identity, options).await.unwrap();
+    // The first dial opens the router's extra channels in the background.
+    drop(dial_when_hosted(&ctx, &svc.name).await);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while ctx.routers().channels().len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "extra dial channels never opened: {} channels",
+            ctx.routers().channels().len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The earlier stream's circuit may take a moment to go; wait until no channel holds one.
+    while ctx
+        .routers()
+        .channels()
+        .iter()
+        .any(|c| c.connection_count() > 0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first stream never closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut streams = Vec::new();
+    for _ in 0..6 {
+        streams.push(ctx.dial(&svc.name).await.unwrap());
+    }
+    let counts: Vec<usize> = ctx
+        .routers()
+        .channels()
+        .iter()
+        .map(|c| c.connection_count())
+        .collect();
+    assert_eq!(
+        counts,
+        vec![2, 2, 2],
+        "each dial takes the least loaded channel"
+    );
+    assert_eq!(ctx.routers().connected().len(), 1, "one router");
+    for (i, s) in streams.iter_mut().enumerate() {
+        let msg = format!("stream {i}");
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        unstalled("echo", s.read_exact(&mut back)).await.unwrap();
+        assert_eq!(back, msg.as_bytes());
+    }
+}

@@ -12,7 +12,7 @@ pub use bind::{BindOptions, Binding, IncomingDial};
 pub(crate) use connection::parse_router_url;
 pub use connection::{ConnectParams, RouterConnection};
 pub use dial::DialRequest;
-pub use pool::{RouterAddr, RouterPool};
+pub use pool::{DEFAULT_DIAL_CHANNELS, RouterAddr, RouterPool};
 pub use stream::{EdgeReadHalf, EdgeStream, EdgeWriteHalf, PeerInfo, StreamError};
 
 use std::io;

@@ -7,8 +7,19 @@
 //! pool has no channel to, each request tries it again in the background (at most once per
 //! [`RECONNECT_EVERY`]), so a router that comes back is used again within seconds, and a dead
 //! one costs nothing but that attempt.
+//!
+//! **Dial channels.** Dials may be spread over several channels to the same router
+//! ([`RouterPool::set_dial_channels`]). The router hands payloads to an SDK channel through one
+//! writer and a queue of a few messages, and drops what does not fit (the circuit's sender
+//! resends it later). With several busy circuits on one channel, most of what is dropped is
+//! theirs: in 8 parallel downloads through one channel, 47 % of the sender's payloads were
+//! dropped and resent (BENCHMARKS.md). Each extra channel has its own queue and writer. The
+//! first channel to a router also carries binds, latency probes and the router's status; the
+//! others are opened in the background when a dial first picks the router, and a dial takes
+//! the live channel with the fewest connections.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +34,9 @@ use crate::error_report::error_chain;
 /// Least time between two background attempts to reach a router a session offers but the pool
 /// has no channel to.
 pub const RECONNECT_EVERY: Duration = Duration::from_secs(3);
+
+/// Channels per router that dials are spread over, unless set otherwise.
+pub const DEFAULT_DIAL_CHANNELS: usize = 4;
 
 /// An edge router as a session lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -50,6 +64,12 @@ struct Inner {
     connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// When each router without a channel was last tried in the background.
     last_background_try: Mutex<HashMap<String, Instant>>,
+    /// How many channels per router dials are spread over (the first included).
+    dial_channels: AtomicUsize,
+    /// The extra dial channels, by router URL and index (1..dial_channels).
+    extra: Mutex<HashMap<(String, usize), RouterConnection>>,
+    /// When each extra channel was last tried (at most once per [`RECONNECT_EVERY`]).
+    extra_tried: Mutex<HashMap<(String, usize), Instant>>,
 }
 
 impl std::fmt::Debug for RouterPool {
@@ -83,6 +103,9 @@ impl RouterPool {
                 channels: Mutex::new(HashMap::new()),
                 connecting: Mutex::new(HashMap::new()),
                 last_background_try: Mutex::new(HashMap::new()),
+                dial_channels: AtomicUsize::new(DEFAULT_DIAL_CHANNELS),
+                extra: Mutex::new(HashMap::new()),
+                extra_tried: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -90,12 +113,16 @@ impl RouterPool {
     /// Whether channels opened from now on ask for SDK xgress mode (default `true`; `false`
     /// keeps every connection in legacy Data mode).
     pub fn set_sdk_flow_control(&self, on: bool) {
-        self.inner
-            .sdk_flow_control
-            .store(on, std::sync::atomic::Ordering::Relaxed);
+        self.inner.sdk_flow_control.store(on, Ordering::Relaxed);
     }
 
-    /// Live channels.
+    /// How many channels per router dials are spread over (default
+    /// [`DEFAULT_DIAL_CHANNELS`]; 0 counts as 1). See the module docs.
+    pub fn set_dial_channels(&self, n: usize) {
+        self.inner.dial_channels.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// Live channels (the first to each router; extra dial channels are not listed).
     pub fn connected(&self) -> Vec<RouterConnection> {
         self.inner
             .channels
@@ -104,14 +131,25 @@ impl RouterPool {
             .unwrap_or_default()
     }
 
-    /// A live channel to one of `routers`, connecting if needed (see the module docs).
+    /// Every live channel: the first to each router and the extra dial channels.
+    pub fn channels(&self) -> Vec<RouterConnection> {
+        let mut all = self.connected();
+        if let Ok(m) = self.inner.extra.lock() {
+            all.extend(m.values().filter(|c| !c.is_closed()).cloned());
+        }
+        all
+    }
+
+    /// A live channel to one of `routers`, connecting if needed (see the module docs). Of a
+    /// router's dial channels it is the one with the fewest connections.
     pub async fn select(&self, routers: &[RouterAddr]) -> Result<RouterConnection, RouterError> {
         if routers.is_empty() {
             return Err(RouterError::NoRouters);
         }
         if let Some(best) = self.best_live(routers) {
-            self.reach_missing(routers, Instant::now());
-            return Ok(best);
+            let now = Instant::now();
+            self.reach_missing(routers, now);
+            return Ok(self.least_loaded(best, now));
         }
         let mut attempts: FuturesUnordered<_> = routers
             .iter()
@@ -128,7 +166,7 @@ impl RouterPool {
         let mut failures = Vec::new();
         while let Some(joined) = attempts.next().await {
             match joined {
-                Ok((_, Ok(conn))) => return Ok(conn),
+                Ok((_, Ok(conn))) => return Ok(self.least_loaded(conn, Instant::now())),
                 Ok((r, Err(e))) => {
                     tracing::debug!(router = %r.name, error = %error_chain(&e), "edge router unreachable");
                     failures.push(e);
@@ -198,6 +236,87 @@ impl RouterPool {
         }
     }
 
+    /// Among `first` and the live extra dial channels to its router, the one with the fewest
+    /// connections; starts the missing extra channels in the background.
+    fn least_loaded(&self, first: RouterConnection, now: Instant) -> RouterConnection {
+        let n = self.inner.dial_channels.load(Ordering::Relaxed);
+        if n <= 1 {
+            return first;
+        }
+        let url = first.url().to_string();
+        let mut live = Vec::with_capacity(n);
+        let mut missing = Vec::new();
+        if let Ok(mut extra) = self.inner.extra.lock() {
+            for i in 1..n {
+                let key = (url.clone(), i);
+                match extra.get(&key) {
+                    Some(c) if !c.is_closed() => live.push(c.clone()),
+                    Some(_) => {
+                        extra.remove(&key);
+                        missing.push(key);
+                    }
+                    None => missing.push(key),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            self.open_extra(first.name(), missing, now);
+        }
+        live.into_iter().fold(first, |best, c| {
+            if c.connection_count() < best.connection_count() {
+                c
+            } else {
+                best
+            }
+        })
+    }
+
+    /// Opens the extra dial channels `keys` in the background, each at most once per
+    /// [`RECONNECT_EVERY`]. A failure only means dials keep using the channels that are up.
+    fn open_extra(&self, name: &str, keys: Vec<(String, usize)>, now: Instant) {
+        let Ok(mut tried) = self.inner.extra_tried.lock() else {
+            return;
+        };
+        for key in keys {
+            if tried
+                .get(&key)
+                .is_some_and(|at| now.saturating_duration_since(*at) < RECONNECT_EVERY)
+            {
+                continue;
+            }
+            tried.insert(key.clone(), now);
+            let pool = self.clone();
+            let name = name.to_string();
+            tokio::spawn(async move {
+                let params = pool.connect_params();
+                match RouterConnection::connect(&name, &key.0, params).await {
+                    Ok(conn) => {
+                        if let Ok(mut extra) = pool.inner.extra.lock() {
+                            extra.insert(key, conn);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(router = %name, error = %error_chain(&e), "extra dial channel not opened");
+                    }
+                }
+            });
+        }
+    }
+
+    /// What a new channel is opened with: the current token and the pool's settings.
+    fn connect_params(&self) -> ConnectParams {
+        let mut token = self.inner.token.clone();
+        let current = token.borrow_and_update().clone();
+        ConnectParams {
+            tls: self.inner.tls.clone(),
+            token: current,
+            token_updates: self.inner.push_token_updates.then_some(token),
+            label: self.inner.label.clone(),
+            connect_timeout: self.inner.connect_timeout,
+            sdk_flow_control: self.inner.sdk_flow_control.load(Ordering::Relaxed),
+        }
+    }
+
     fn best_live(&self, routers: &[RouterAddr]) -> Option<RouterConnection> {
         self.live_for(routers).into_iter().next()
     }
@@ -219,19 +338,7 @@ impl RouterPool {
         if let Some(c) = self.live(&router.url) {
             return Ok(c);
         }
-        let mut token = self.inner.token.clone();
-        let current = token.borrow_and_update().clone();
-        let params = ConnectParams {
-            tls: self.inner.tls.clone(),
-            token: current,
-            token_updates: self.inner.push_token_updates.then_some(token),
-            label: self.inner.label.clone(),
-            connect_timeout: self.inner.connect_timeout,
-            sdk_flow_control: self
-                .inner
-                .sdk_flow_control
-                .load(std::sync::atomic::Ordering::Relaxed),
-        };
+        let params = self.connect_params();
         let conn = RouterConnection::connect(&router.name, &router.url, params).await?;
         if let Ok(mut m) = self.inner.channels.lock() {
             m.insert(router.url.clone(), conn.clone());
@@ -254,6 +361,12 @@ impl RouterPool {
     /// Closes every channel.
     pub fn close_all(&self) {
         if let Ok(mut m) = self.inner.channels.lock() {
+            for c in m.values() {
+                c.close();
+            }
+            m.clear();
+        }
+        if let Ok(mut m) = self.inner.extra.lock() {
             for c in m.values() {
                 c.close();
             }
