@@ -1,4 +1,5 @@
-//! The set of router channels a context keeps: one per router, shared by every connection.
+//! The set of router channels a context keeps: one per router for binds, and up to
+//! [`DEFAULT_DIAL_CHANNELS`] per router that dials are spread over (see "Dial channels" below).
 //!
 //! A dial or bind names the routers its session offers; the pool hands back a live channel to
 //! one of them, preferring the lowest measured latency. When none is connected it connects to
