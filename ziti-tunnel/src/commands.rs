@@ -114,7 +114,14 @@ pub async fn services(args: ServicesArgs) -> anyhow::Result<()> {
 
 /// stdin -> service -> stdout, with half-close when stdin ends.
 pub async fn dial(args: DialArgs) -> anyhow::Result<()> {
-    let ctx = ZitiContext::from_file(&args.identity)
+    let identity = Identity::load(&args.identity)
+        .with_context(|| format!("loading identity {}", args.identity.display()))?;
+    // One stream: spreading dials over extra router channels would only open them for nothing.
+    let options = ContextOptions {
+        dial_channels: 1,
+        ..ContextOptions::default()
+    };
+    let ctx = ZitiContext::new(identity, options)
         .await
         .with_context(|| format!("loading identity {}", args.identity.display()))?;
     let stream = ctx.dial(&args.service).await?;
