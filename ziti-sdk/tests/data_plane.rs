@@ -9,9 +9,25 @@ use std::time::{Duration, Instant, SystemTime};
 use common::{Transfer, exchange, setup_service, start_exchange_server, unstalled, wait_tcp};
 use testnet::{TestNet, TestNetOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use ziti_sdk::context::{DialError, ZitiContext};
+use ziti_sdk::context::{DialError, ZitiContext, ZitiListener};
 
 const MB: u64 = 1024 * 1024;
+
+/// Answers every stream `listener` accepts with what it reads, until the stream ends.
+fn spawn_echo_host(mut listener: ZitiListener) {
+    tokio::spawn(async move {
+        while let Some(mut s) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
 
 /// Dials, retrying while the service has no terminator yet (hosts take a moment to bind) or the
 /// dial times out (a loaded machine).
@@ -365,19 +381,7 @@ async fn channel_outlives_its_oidc_access_token() {
     .unwrap();
     let svc = setup_service(&net, "token", false, None);
     let host_ctx = ZitiContext::from_file(&svc.host_identity).await.unwrap();
-    let mut listener = host_ctx.listen(&svc.name).await.unwrap();
-    tokio::spawn(async move {
-        while let Some(mut s) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    spawn_echo_host(host_ctx.listen(&svc.name).await.unwrap());
     let ctx = ZitiContext::from_file(&svc.client_identity).await.unwrap();
     assert!(ctx.uses_oidc(), "a v2 quickstart controller offers OIDC");
     let mut s = dial_when_hosted(&ctx, &svc.name).await;
@@ -486,19 +490,7 @@ async fn dials_spread_over_a_routers_dial_channels() {
     let net = TestNet::shared();
     let svc = setup_service(net, "spread", false, None);
     let host_ctx = ZitiContext::from_file(&svc.host_identity).await.unwrap();
-    let mut listener = host_ctx.listen(&svc.name).await.unwrap();
-    tokio::spawn(async move {
-        while let Some(mut s) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    spawn_echo_host(host_ctx.listen(&svc.name).await.unwrap());
     let identity = ziti_sdk::Identity::load(&svc.client_identity).unwrap();
     let options = ziti_sdk::ContextOptions {
         dial_channels: 3,
