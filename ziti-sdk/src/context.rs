@@ -259,6 +259,15 @@ struct Inner {
     services: tokio::sync::Mutex<HashMap<String, Service>>,
 }
 
+/// The last clone of a context going away retires its router pool: channels close once the
+/// streams and bindings still on them end, so a context dropped while one of its streams is in
+/// use does not cut that stream, and nothing stays connected after it.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.pool.retire();
+    }
+}
+
 impl std::fmt::Debug for ZitiContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ZitiContext")

@@ -545,3 +545,77 @@ async fn dials_spread_over_a_routers_dial_channels() {
         assert_eq!(back, msg.as_bytes());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_context_closes_its_router_channels_once_its_streams_end() {
+    use std::time::Duration;
+    common::init_tracing();
+    let net = TestNet::shared();
+    let svc = setup_service(net, "retire", false, None);
+    let host_ctx = ZitiContext::from_file(&svc.host_identity).await.unwrap();
+    spawn_echo_host(host_ctx.listen(&svc.name).await.unwrap());
+    let identity = ziti_sdk::Identity::load(&svc.client_identity).unwrap();
+    let options = ziti_sdk::ContextOptions {
+        dial_channels: 2,
+        ..Default::default()
+    };
+    let ctx = ZitiContext::new(identity, options).await.unwrap();
+    drop(dial_when_hosted(&ctx, &svc.name).await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while ctx.routers().channels().len() < 2
+        || ctx
+            .routers()
+            .channels()
+            .iter()
+            .any(|c| c.connection_count() > 0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never two idle channels"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut stream = ctx.dial(&svc.name).await.unwrap();
+    let pool = ctx.routers().clone();
+    let (busy, idle): (Vec<_>, Vec<_>) = pool
+        .channels()
+        .into_iter()
+        .partition(|c| c.connection_count() > 0);
+    assert_eq!(
+        (busy.len(), idle.len()),
+        (1, 1),
+        "one channel carries the stream"
+    );
+    drop(ctx);
+
+    tokio::time::timeout(Duration::from_secs(10), idle[0].closed())
+        .await
+        .expect("the idle channel closes when the context goes");
+    assert!(
+        !busy[0].is_closed(),
+        "the stream's channel stays while it is in use"
+    );
+    stream.write_all(b"still here").await.unwrap();
+    let mut back = [0u8; 10];
+    unstalled("echo after the context went", stream.read_exact(&mut back))
+        .await
+        .unwrap();
+    assert_eq!(&back, b"still here");
+    let router = ziti_sdk::router::RouterAddr {
+        name: busy[0].name().to_string(),
+        url: busy[0].url().to_string(),
+    };
+    assert!(
+        matches!(
+            pool.get_or_connect(&router).await,
+            Err(ziti_sdk::router::RouterError::PoolClosed)
+        ),
+        "a retired pool opens nothing"
+    );
+
+    drop(stream);
+    tokio::time::timeout(Duration::from_secs(40), busy[0].closed())
+        .await
+        .expect("the last channel closes once its stream has ended");
+    assert!(pool.channels().is_empty());
+}

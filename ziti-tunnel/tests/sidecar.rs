@@ -12,9 +12,10 @@
 //! the second the reverse: the other's name does not resolve and its address is not routed; a
 //! service hosted by B's tunnel connects to `127.0.0.1` of B's namespace, not of the caller's;
 //! the counters follow a held connection; the third namespace starts with an identity without
-//! services, gains svc-a when identity A is added and loses it when A is removed; shutting the
-//! third tunnel down removes its TUN device and leaves the other two working; the extra memory
-//! per namespace is measured (VmRSS) and bounded.
+//! services, gains svc-a when identity A is added and loses it (and closes the router channels
+//! of its context there) when A is removed; shutting the third tunnel down removes its TUN
+//! device and leaves the other two working; the extra memory per namespace is measured (VmRSS)
+//! and bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -299,6 +300,34 @@ fn vm_rss_kib() -> u64 {
         .expect("VmRSS in /proc/self/status")
 }
 
+/// This process's established TCP connections to `port` in the calling thread's namespace:
+/// its channels to the edge router listening there.
+fn connections_to(port: u16) -> usize {
+    let ours: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_string).collect::<Vec<_>>())
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = f
+                .get(2)
+                .and_then(|r| r.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            remote_port == Some(port)
+                && f.get(3) == Some(&"01")
+                && f.get(9).is_some_and(|inode| ours.contains(*inode))
+        })
+        .count()
+}
+
 /// Waits until `tunnel`'s counters satisfy `ok`.
 async fn stats_within(
     tunnel: &TunnelHandle,
@@ -542,8 +571,17 @@ async fn scenario(net: &TestNet) {
     );
     stats_within(&t1, "the connection gone", |s| s.tcp_connections == 0).await;
 
-    // Identity A joins the third namespace: svc-a resolves and answers there too.
-    t3.add_identity(a.clone()).await.unwrap();
+    // Identity A joins the third namespace: svc-a resolves and answers there too. It gets a
+    // context of its own, as a sidecar loading A's file for this session would.
+    let router_port = net.router().port;
+    let channels_before_a3 = connections_to(router_port);
+    let a3 = TunnelIdentity {
+        name: "a".to_string(),
+        context: ZitiContext::from_file(ids.path().join("a.json"))
+            .await
+            .unwrap(),
+    };
+    t3.add_identity(a3).await.unwrap();
     let dup = t3.add_identity(a.clone()).await;
     assert!(
         matches!(&dup, Err(TunnelError::DuplicateIdentity(n)) if n == "a"),
@@ -560,6 +598,12 @@ async fn scenario(net: &TestNet) {
         s.identities == 2 && s.intercepted_services == 2
     })
     .await;
+    let channels_with_a3 = connections_to(router_port);
+    assert!(
+        channels_with_a3 > channels_before_a3,
+        "A's own context in the third tunnel opened router channels: {channels_before_a3} -> \
+         {channels_with_a3}"
+    );
 
     // ... and leaves it again: names and routes go at once.
     t3.remove_identity("a").await.unwrap();
@@ -573,6 +617,23 @@ async fn scenario(net: &TestNet) {
     ns3.unreachable((SVC_A_IP, 80).into()).await;
     let s3 = t3.stats();
     assert_eq!((s3.identities, s3.intercepted_services), (1, 0), "{s3:?}");
+    // A's context in the third tunnel is gone with it: its router channels close once its
+    // connections have ended.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while connections_to(router_port) > channels_before_a3 {
+        assert!(
+            Instant::now() < deadline,
+            "identity A's router channels in the third tunnel stay open after its removal: \
+             {channels_before_a3} before it was added, {channels_with_a3} with it, {} now",
+            connections_to(router_port)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "router channels: {channels_before_a3} before A joined the third tunnel, \
+         {channels_with_a3} with it, {} after its removal",
+        connections_to(router_port)
+    );
 
     let rss_used = vm_rss_kib();
     println!(

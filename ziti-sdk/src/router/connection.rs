@@ -69,6 +69,9 @@ pub(crate) struct State {
     pub(crate) binds: HashMap<u32, BindInbox>,
     /// The deadline the timer task sleeps until.
     timer_at: Option<Instant>,
+    /// Close the channel as soon as it carries no connection and no bind
+    /// ([`RouterConnection::close_when_idle`]).
+    close_when_idle: bool,
 }
 
 pub(crate) struct Shared {
@@ -230,6 +233,7 @@ impl RouterConnection {
                 opening: HashMap::new(),
                 binds: HashMap::new(),
                 timer_at: None,
+                close_when_idle: false,
             }),
             transmit: Notify::new(),
             timer: Notify::new(),
@@ -287,6 +291,12 @@ impl RouterConnection {
         let _ = self.with(|s| s.ch.close());
     }
 
+    /// Closes the channel once it carries no connection and no bind: now if it is idle, else
+    /// when its last one ends. Nothing new should be opened on it after this.
+    pub fn close_when_idle(&self) {
+        let _ = self.with(|s| s.close_when_idle = true);
+    }
+
     pub(crate) fn closed_error(&self) -> RouterError {
         RouterError::Closed {
             router: self.shared.name.clone(),
@@ -342,6 +352,10 @@ impl RouterConnection {
 
     /// Delivers events, then makes sure the writer and the timer know about new work.
     fn after(&self, state: &mut State) {
+        if state.close_when_idle && state.ch.closed().is_none() && state.ch.connection_count() == 0
+        {
+            state.ch.close();
+        }
         while let Some(event) = state.ch.poll_event() {
             self.deliver(state, event);
         }

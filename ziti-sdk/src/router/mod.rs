@@ -116,6 +116,9 @@ pub enum RouterError {
     /// The pool's state is unusable (a thread panicked while holding its lock).
     #[error("edge router pool state is unavailable")]
     PoolUnavailable,
+    /// The context owning the pool was dropped or closed: it opens no more router channels.
+    #[error("the Ziti context is closed: it opens no more edge router channels")]
+    PoolClosed,
 }
 
 /// Why a connection to an edge router could not be opened.

@@ -18,9 +18,15 @@
 //! first channel to a router also carries binds, latency probes and the router's status; the
 //! others are opened in the background when a dial first picks the router, and a dial takes
 //! the live channel with the fewest connections.
+//!
+//! **Closing.** [`RouterPool::retire`] (run when the owning context is dropped) stops the pool
+//! opening channels and closes each channel it has once its last connection or bind ends, so
+//! streams still in use finish normally and nothing is left open after them.
+//! [`RouterPool::close_all`] closes them at once. A channel whose connect finishes after either
+//! is closed straight away instead of joining the pool.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,7 +66,10 @@ struct Inner {
     push_token_updates: bool,
     label: String,
     connect_timeout: Duration,
-    sdk_flow_control: std::sync::atomic::AtomicBool,
+    sdk_flow_control: AtomicBool,
+    /// Set by [`RouterPool::retire`] and [`RouterPool::close_all`]: no channel is opened or
+    /// kept from then on.
+    retired: AtomicBool,
     channels: Mutex<HashMap<String, RouterConnection>>,
     connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// When each router without a channel was last tried in the background.
@@ -100,7 +109,8 @@ impl RouterPool {
                 push_token_updates,
                 label: label.to_string(),
                 connect_timeout: Duration::from_secs(10),
-                sdk_flow_control: std::sync::atomic::AtomicBool::new(true),
+                sdk_flow_control: AtomicBool::new(true),
+                retired: AtomicBool::new(false),
                 channels: Mutex::new(HashMap::new()),
                 connecting: Mutex::new(HashMap::new()),
                 last_background_try: Mutex::new(HashMap::new()),
@@ -146,6 +156,9 @@ impl RouterPool {
     pub async fn select(&self, routers: &[RouterAddr]) -> Result<RouterConnection, RouterError> {
         if routers.is_empty() {
             return Err(RouterError::NoRouters);
+        }
+        if self.is_retired() {
+            return Err(RouterError::PoolClosed);
         }
         if let Some(best) = self.best_live(routers) {
             let now = Instant::now();
@@ -292,8 +305,12 @@ impl RouterPool {
                 let params = pool.connect_params();
                 match RouterConnection::connect(&name, &key.0, params).await {
                     Ok(conn) => {
-                        if let Ok(mut extra) = pool.inner.extra.lock() {
+                        if let Ok(mut extra) = pool.inner.extra.lock()
+                            && !pool.is_retired()
+                        {
                             extra.insert(key, conn);
+                        } else {
+                            conn.close();
                         }
                     }
                     Err(e) => {
@@ -336,15 +353,32 @@ impl RouterPool {
             c.entry(router.url.clone()).or_default().clone()
         };
         let _turn = gate.lock().await;
+        if self.is_retired() {
+            return Err(RouterError::PoolClosed);
+        }
         if let Some(c) = self.live(&router.url) {
             return Ok(c);
         }
         let params = self.connect_params();
         let conn = RouterConnection::connect(&router.name, &router.url, params).await?;
-        if let Ok(mut m) = self.inner.channels.lock() {
-            m.insert(router.url.clone(), conn.clone());
+        // Checked under the map's lock, which `retire` and `close_all` take after setting the
+        // flag: a channel is either in the map for them to close, or closed here.
+        let mut m = self
+            .inner
+            .channels
+            .lock()
+            .map_err(|_| RouterError::PoolUnavailable)?;
+        if self.is_retired() {
+            drop(m);
+            conn.close();
+            return Err(RouterError::PoolClosed);
         }
+        m.insert(router.url.clone(), conn.clone());
         Ok(conn)
+    }
+
+    fn is_retired(&self) -> bool {
+        self.inner.retired.load(Ordering::SeqCst)
     }
 
     fn live(&self, url: &str) -> Option<RouterConnection> {
@@ -359,8 +393,27 @@ impl RouterPool {
         }
     }
 
-    /// Closes every channel.
+    /// Stops using the routers: no channel is opened from now on ([`RouterError::PoolClosed`]),
+    /// and each open channel closes once its last connection or bind ends (at once if it has
+    /// none). Run when the owning context is dropped.
+    pub fn retire(&self) {
+        self.inner.retired.store(true, Ordering::SeqCst);
+        if let Ok(mut m) = self.inner.channels.lock() {
+            for (_, c) in m.drain() {
+                c.close_when_idle();
+            }
+        }
+        if let Ok(mut m) = self.inner.extra.lock() {
+            for (_, c) in m.drain() {
+                c.close_when_idle();
+            }
+        }
+    }
+
+    /// Closes every channel now (their connections end) and, like [`retire`](Self::retire),
+    /// opens no more.
     pub fn close_all(&self) {
+        self.inner.retired.store(true, Ordering::SeqCst);
         if let Ok(mut m) = self.inner.channels.lock() {
             for c in m.values() {
                 c.close();
