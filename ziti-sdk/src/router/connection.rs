@@ -462,7 +462,12 @@ impl RouterConnection {
             }
             Event::Closed(why) => {
                 if !self.shared.closed.send_replace(true) {
-                    tracing::warn!(router = %self.shared.name, reason = %error_chain(&why), "edge router connection closed");
+                    if matches!(why, ChannelClosed::Local) {
+                        // Ours: a retired pool or an explicit close, not news to the operator.
+                        tracing::debug!(router = %self.shared.name, "edge router connection closed locally");
+                    } else {
+                        tracing::warn!(router = %self.shared.name, reason = %error_chain(&why), "edge router connection closed");
+                    }
                 }
                 for (_, w) in state.readers.drain() {
                     w.wake();
