@@ -317,6 +317,13 @@ impl NetStack {
             return;
         };
         let tuple = (seg.src, seg.dst);
+        let existing = self.by_tuple.get(&tuple).copied();
+        if let Some(old) = existing
+            && seg.is_syn()
+            && self.client_left(old)
+        {
+            self.supersede(old);
+        }
         let id = match self.by_tuple.get(&tuple) {
             Some(id) => *id,
             None => {
@@ -367,6 +374,40 @@ impl NetStack {
                 }
             }
         }
+    }
+
+    /// The client is done with flow `id`: it sent FIN, so a SYN from its addresses cannot
+    /// belong to that connection. (The flow may linger while the service has not finished its
+    /// side; meanwhile the client's kernel, after its own FIN-WAIT-2 timeout, may reuse the
+    /// port.)
+    fn client_left(&self, id: FlowId) -> bool {
+        self.flows.get(&id).is_some_and(|f| {
+            f.phase == Phase::Open
+                && matches!(
+                    f.socket.get().state(),
+                    tcp::State::CloseWait
+                        | tcp::State::LastAck
+                        | tcp::State::Closing
+                        | tcp::State::TimeWait
+                        | tcp::State::Closed
+                )
+        })
+    }
+
+    /// A new connection starts on the addresses of flow `old`, which the client has left
+    /// ([`client_left`](Self::client_left)): `old` is reset (its RST cannot hurt the new
+    /// connection: a client in SYN-SENT drops a RST that does not acknowledge its SYN) and
+    /// reported ready, so the caller ends its service side; the addresses are free for a new
+    /// flow. Without this the new SYN reached the old socket, which ignored it, and the
+    /// client's connect() hung for as long as the old flow lingered.
+    fn supersede(&mut self, old: FlowId) {
+        let Some(flow) = self.flows.get_mut(&old) else {
+            return;
+        };
+        tracing::debug!(src = %flow.src, dst = %flow.dst, "new SYN on the addresses of a connection the client had closed: that flow is reset");
+        self.by_tuple.remove(&(flow.src, flow.dst));
+        flow.socket.get_mut().abort();
+        mark(&mut self.dirty, old, flow);
     }
 
     fn stray(&mut self, packet: &[u8]) {
@@ -847,7 +888,11 @@ impl NetStack {
 
     fn remove_entry(&mut self, id: FlowId) -> Option<Flow> {
         let flow = self.flows.remove(&id)?;
-        self.by_tuple.remove(&(flow.src, flow.dst));
+        let tuple = (flow.src, flow.dst);
+        // A superseded flow's addresses may belong to a newer flow by now.
+        if self.by_tuple.get(&tuple) == Some(&id) {
+            self.by_tuple.remove(&tuple);
+        }
         if let Some(at) = flow.timer {
             self.timers.remove(&(at, id));
         }

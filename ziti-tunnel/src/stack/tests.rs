@@ -565,3 +565,40 @@ fn a_flows_waiting_packets_are_bounded_in_bytes() {
     let f = st.flows.get(&flow.id).expect("the flow");
     assert_eq!((f.inbox.len(), f.inbox_bytes), (0, 0));
 }
+
+#[test]
+fn a_new_syn_on_a_connection_the_client_closed_starts_a_new_flow() {
+    let now = Instant::now();
+    let mut client = Client::new(now);
+    let mut st = stack(now);
+    let h = client.connect(SVC, 40000);
+    pump(&mut client, &mut st, now, &|_| true);
+    let old = st.poll_new_flow().expect("a new flow").id;
+
+    // The client closes; the service side has not finished, so the flow stays (CLOSE-WAIT).
+    client.sock(h).close();
+    pump(&mut client, &mut st, now, &|_| true);
+    assert!(st.client_finished(old));
+    assert!(!st.is_closed(old));
+
+    // The client's kernel forgets the connection (its FIN-WAIT-2 timeout) and reuses the port.
+    client.sockets.remove(h);
+    let h2 = client.connect(SVC, 40000);
+    pump(&mut client, &mut st, now, &|_| true);
+    let new = st
+        .poll_new_flow()
+        .expect("the SYN opens a new flow, not the old one")
+        .id;
+    assert_ne!(new, old);
+    assert!(client.sock(h2).may_send(), "the new handshake completed");
+    assert!(st.is_closed(old), "the old flow is reset");
+
+    // Forgetting the old flow leaves the new one reachable.
+    st.remove(old);
+    client.sock(h2).send_slice(b"second").unwrap();
+    pump(&mut client, &mut st, now, &|_| true);
+    let mut buf = [0u8; 16];
+    let n = st.recv(new, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"second");
+    assert_eq!(st.flow_count(), 1);
+}
