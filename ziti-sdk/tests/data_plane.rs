@@ -484,23 +484,27 @@ async fn dial_reaches_the_named_hosting_identity() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dials_spread_over_a_routers_dial_channels() {
+/// A service `base` hosted by an echo host (the returned host context keeps it up), and a
+/// client context that spreads dials over `channels` channels, all of them open and idle.
+async fn echo_service_with_idle_dial_channels(
+    base: &str,
+    channels: usize,
+) -> (common::TestService, ZitiContext, ZitiContext) {
     common::init_tracing();
     let net = TestNet::shared();
-    let svc = setup_service(net, "spread", false, None);
+    let svc = setup_service(net, base, false, None);
     let host_ctx = ZitiContext::from_file(&svc.host_identity).await.unwrap();
     spawn_echo_host(host_ctx.listen(&svc.name).await.unwrap());
     let identity = ziti_sdk::Identity::load(&svc.client_identity).unwrap();
     let options = ziti_sdk::ContextOptions {
-        dial_channels: 3,
+        dial_channels: channels,
         ..Default::default()
     };
     let ctx = ZitiContext::new(identity, options).await.unwrap();
     // The first dial opens the router's extra channels in the background.
     drop(dial_when_hosted(&ctx, &svc.name).await);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while ctx.routers().channels().len() < 3 {
+    while ctx.routers().channels().len() < channels {
         assert!(
             std::time::Instant::now() < deadline,
             "extra dial channels never opened: {} channels",
@@ -521,6 +525,12 @@ async fn dials_spread_over_a_routers_dial_channels() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    (svc, host_ctx, ctx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dials_spread_over_a_routers_dial_channels() {
+    let (svc, _host, ctx) = echo_service_with_idle_dial_channels("spread", 3).await;
     let mut streams = Vec::new();
     for _ in 0..6 {
         streams.push(ctx.dial(&svc.name).await.unwrap());
@@ -549,32 +559,7 @@ async fn dials_spread_over_a_routers_dial_channels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_context_closes_its_router_channels_once_its_streams_end() {
     use std::time::Duration;
-    common::init_tracing();
-    let net = TestNet::shared();
-    let svc = setup_service(net, "retire", false, None);
-    let host_ctx = ZitiContext::from_file(&svc.host_identity).await.unwrap();
-    spawn_echo_host(host_ctx.listen(&svc.name).await.unwrap());
-    let identity = ziti_sdk::Identity::load(&svc.client_identity).unwrap();
-    let options = ziti_sdk::ContextOptions {
-        dial_channels: 2,
-        ..Default::default()
-    };
-    let ctx = ZitiContext::new(identity, options).await.unwrap();
-    drop(dial_when_hosted(&ctx, &svc.name).await);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while ctx.routers().channels().len() < 2
-        || ctx
-            .routers()
-            .channels()
-            .iter()
-            .any(|c| c.connection_count() > 0)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never two idle channels"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (svc, _host, ctx) = echo_service_with_idle_dial_channels("retire", 2).await;
     let mut stream = ctx.dial(&svc.name).await.unwrap();
     let pool = ctx.routers().clone();
     let (busy, idle): (Vec<_>, Vec<_>) = pool
